@@ -1,0 +1,37 @@
+# The front door: `make run` starts the daemon, `make test` runs the whole suite.
+# Everything is installed by these targets on a fresh machine; re-runs are quick.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench system runtimes clean
+
+install: system $(STAMP) runtimes
+
+# Debian packages: git and bubblewrap for the daemon; docker.io, chromium, nginx and
+# wrk for the tests and the benchmark.
+system:
+	@bash scripts/setup-system.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+# Pinned Deno, Node (PyPI wheels) and Bun (npm registry) under .runtimes/.
+runtimes: $(STAMP)
+	@bash scripts/setup-runtimes.sh
+
+run: install
+	$(VENV)/bin/tee-daemon serve
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .runtimes .pytest_cache

@@ -1,0 +1,196 @@
+"""The HTTP API under /_api (SPEC section 3), as Litestar route handlers.
+
+Public handlers show attested projects only; admin handlers are guarded by the
+bearer token. Every refusal is a JSON error with a `detail` that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, delete, get, post
+from litestar.connection import ASGIConnection
+from litestar.datastructures import UploadFile
+from litestar.exceptions import NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+
+from .auth import bearer_matches
+from .daemon import Daemon
+from .errors import NotFound, UserError
+from .models import DeployRequest, Project
+
+MiB = 2**20
+
+
+def daemon_of(connection: ASGIConnection) -> Daemon:
+    return connection.app.state.daemon
+
+
+def is_admin(connection: ASGIConnection) -> bool:
+    return bearer_matches(connection.headers.get("authorization"), daemon_of(connection).token)
+
+
+def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    if not is_admin(connection):
+        raise NotAuthorizedException(
+            "admin token required: send 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def project_url(request: Request, name: str) -> str:
+    return f"{str(request.base_url).rstrip('/')}/{name}/"
+
+
+def visible_project(request: Request, name: str) -> Project:
+    """A project as the requester may see it: dev projects only for the admin."""
+    project = daemon_of(request).deployer.projects.get(name)  # type: ignore[union-attr]
+    if project is None or (project.mode != "attested" and not is_admin(request)):
+        raise NotFound(f"no attested project named {name!r}")
+    return project
+
+
+def describe(request: Request, project: Project) -> dict[str, Any]:
+    return {**project.public_manifest(), "url": project_url(request, project.name)}
+
+
+def listing(request: Request, admin: bool) -> dict[str, Any]:
+    projects = daemon_of(request).deployer.projects.values()  # type: ignore[union-attr]
+    return {
+        "projects": [
+            describe(request, p) for p in sorted(projects, key=lambda p: p.name) if admin or p.mode == "attested"
+        ]
+    }
+
+
+# -- public --------------------------------------------------------------------------
+
+
+@get("/_api/health", sync_to_thread=False)
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/_api/substrate", sync_to_thread=False)
+def substrate(request: Request) -> dict[str, Any]:
+    return daemon_of(request).substrate()
+
+
+@get("/_api/projects/{name:str}", sync_to_thread=False)
+def get_project(request: Request, name: str) -> dict[str, Any]:
+    return {**describe(request, visible_project(request, name)), "tee": daemon_of(request).tee_mode}
+
+
+# -- admin ---------------------------------------------------------------------------
+
+
+@get("/_api/projects", guards=[admin_guard], sync_to_thread=False)
+def list_projects(request: Request) -> dict[str, Any]:
+    return listing(request, admin=True)
+
+
+@post("/_api/projects", guards=[admin_guard], status_code=HTTP_201_CREATED)
+async def create_project(request: Request) -> dict[str, Any]:
+    # The app-wide request_max_body_size (set from max_upload_bytes) bounds the body.
+    daemon = daemon_of(request)
+    limit = daemon.settings.max_upload_bytes + MiB
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        deploy_request, upload = await _read_multipart(request, limit)
+    elif content_type.startswith("application/json") or not content_type:
+        body = await _read_body(request, limit)
+        deploy_request, upload = _decode_request(body, "request body"), None
+    else:
+        raise UserError(
+            f"unsupported content type {content_type.split(';')[0]!r}: send JSON or multipart/form-data",
+            status_code=415,
+        )
+    project = await daemon.deployer.deploy(deploy_request, upload)  # type: ignore[union-attr]
+    return describe(request, project)
+
+
+class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True):
+    version: int | None = None
+
+
+@post("/_api/projects/{name:str}/promote", guards=[admin_guard], status_code=HTTP_200_OK)
+async def promote(request: Request, name: str) -> dict[str, Any]:
+    project = await daemon_of(request).deployer.promote(name)  # type: ignore[union-attr]
+    return describe(request, project)
+
+
+@post("/_api/projects/{name:str}/redeploy", guards=[admin_guard], status_code=HTTP_200_OK)
+async def redeploy(request: Request, name: str) -> dict[str, Any]:
+    project, changed = await daemon_of(request).deployer.redeploy(name)  # type: ignore[union-attr]
+    return {"changed": changed, **describe(request, project)}
+
+
+@post("/_api/projects/{name:str}/rollback", guards=[admin_guard], status_code=HTTP_200_OK)
+async def rollback(request: Request, name: str) -> dict[str, Any]:
+    body = await _read_body(request, 64 * 1024)
+    wanted = msgspec.json.decode(body, type=RollbackRequest) if body.strip() else RollbackRequest()
+    project = await daemon_of(request).deployer.rollback(name, wanted.version)  # type: ignore[union-attr]
+    return describe(request, project)
+
+
+@delete("/_api/projects/{name:str}", guards=[admin_guard], status_code=HTTP_200_OK)
+async def delete_project(request: Request, name: str) -> dict[str, Any]:
+    await daemon_of(request).deployer.delete(name)  # type: ignore[union-attr]
+    return {"deleted": name}
+
+
+# -- request bodies ------------------------------------------------------------------
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it grows past `limit`."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise UserError(f"request body larger than {limit} bytes", status_code=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode_request(raw: bytes | str, where: str) -> DeployRequest:
+    try:
+        return msgspec.json.decode(raw, type=DeployRequest)
+    except msgspec.ValidationError as exc:
+        raise UserError(f"invalid {where}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise UserError(f"{where} is not valid JSON: {exc}") from None
+
+
+async def _read_multipart(request: Request, limit: int) -> tuple[DeployRequest, io.BufferedIOBase]:
+    try:
+        form = await request.form()
+    except Exception as exc:  # Litestar raises several types for broken framing.
+        raise UserError(f"malformed multipart body: {exc}") from None
+    manifest = form.get("manifest")
+    files = form.get("files")
+    if manifest is None:
+        raise UserError("multipart deploy needs a 'manifest' part (JSON)")
+    if not isinstance(files, UploadFile):
+        raise UserError("multipart deploy needs a 'files' part holding a tar or tar.gz file")
+    if isinstance(manifest, UploadFile):
+        manifest = await manifest.read()
+    deploy_request = _decode_request(manifest, "manifest")
+    files.file.seek(0)
+    return deploy_request, files.file  # type: ignore[return-value]
+
+
+ROUTES = [
+    health,
+    substrate,
+    get_project,
+    list_projects,
+    create_project,
+    promote,
+    redeploy,
+    rollback,
+    delete_project,
+]

@@ -1,0 +1,79 @@
+"""`tee-daemon`: the daemon (`serve`), the admin client and the verifier (SPEC section 2)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import __version__
+from .settings import load_settings
+
+
+def serve(args: argparse.Namespace) -> int:
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    from .auth import load_or_create_token
+
+    settings = load_settings(
+        {
+            "host": args.host,
+            "port": args.port,
+            "data_dir": args.data_dir,
+            "backend": args.backend,
+            "allow_insecure_sources": True if args.allow_insecure_sources else None,
+        }
+    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _, token_path = load_or_create_token(settings.data_dir, settings.token)
+    # granian's worker builds the app from the environment: hand it the final settings.
+    os.environ.update(
+        TEE_DAEMON_HOST=settings.host,
+        TEE_DAEMON_PORT=str(settings.port),
+        TEE_DAEMON_DATA_DIR=str(settings.data_dir),
+        TEE_DAEMON_BACKEND=settings.backend,
+        TEE_DAEMON_ALLOW_INSECURE_SOURCES="1" if settings.allow_insecure_sources else "0",
+    )
+    where = f"in {token_path}" if token_path else "from TEE_DAEMON_TOKEN"
+    print(f"tee-daemon {__version__} on {settings.public_base}/ (data: {settings.data_dir})", file=sys.stderr)
+    print(f"admin token: {where}", file=sys.stderr)
+    Granian(
+        "tee_daemon.app:create_app",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=1,
+        log_access=False,
+        websockets=True,
+    ).serve()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tee-daemon", description="Host small web projects with evidence of what they run.")
+    parser.add_argument("--version", action="version", version=f"tee-daemon {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("serve", help="run the daemon")
+    p.add_argument("--host", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default 8080)")
+    p.add_argument("--data-dir", help="state folder (default: the user data dir)")
+    p.add_argument("--backend", choices=["process", "docker"], help="where projects run (default process)")
+    p.add_argument("--allow-insecure-sources", action="store_true", help="also allow http:// and file:// git sources")
+    p.set_defaults(func=serve)
+
+    from . import client
+
+    client.add_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""The deploy path, top to bottom:
+
+    resolve source → unpack → hash → detect → build → start → health → journal
+    → commit record → switch traffic → drain and stop the old version
+
+Every step before "commit record" works on new folders only, so a failure anywhere
+leaves the previous version serving and the record untouched. Deploys, rollbacks and
+deletes of one name are serialized by a per-name lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import msgspec
+
+from . import gitsource, tarball, treehash
+from .errors import Conflict, NotFound, UserError
+from .models import DeployRequest, Project, Version, check_entry, check_env, check_name
+from .registry import Registry
+from .routing import Ingress, Route
+from .runtime import BuildContext, StartContext
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger("tee_daemon.deploy")
+
+TARBALL_SOURCE = "tarball"
+PROJECT_JSON_MAX = 64 * 1024
+DRAIN_TIMEOUT = 30.0
+
+
+class Journal(Protocol):
+    """Where version changes of attested projects are recorded (the transparency log)."""
+
+    def check_writable(self) -> None:
+        """Raise a UserError when a change could not be recorded."""
+
+    def record(self, action: str, project: Project) -> None: ...
+
+
+class Deployer:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        registry: Registry,
+        ingress: Ingress,
+        journal: Journal | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.ingress = ingress
+        self.journal = journal
+        self.projects: dict[str, Project] = {}
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    # -- startup and shutdown -----------------------------------------------------
+
+    async def restore(self) -> None:
+        """After a (re)start, serve every project's current version without rebuilding."""
+        self.projects = self.store.load_all()
+        for project in self.projects.values():
+            try:
+                await self._start_and_switch(project.name, project.live)
+            except Exception as exc:  # One broken project must not stop the others.
+                log.error("project %s did not start after restart: %s", project.name, exc)
+
+    async def shutdown(self) -> None:
+        routes = list(self.ingress.routes.values())
+        self.ingress.routes.clear()
+        await asyncio.gather(*(self._stop(route) for route in routes), return_exceptions=True)
+
+    # -- the admin operations -------------------------------------------------------
+
+    async def deploy(self, request: DeployRequest, upload: BinaryIO | None = None) -> Project:
+        name = check_name(request.name)
+        if request.mode not in (None, "dev"):
+            raise UserError("a deploy cannot set mode: only promote makes a project attested")
+        env = check_env(request.env, "env")
+        secrets = check_env(request.secrets, "secret")
+        check_entry(request.entry)
+        if request.runtime is not None and request.runtime not in self.registry.runtimes:
+            raise UserError(
+                f"unknown runtime {request.runtime!r}; available: {', '.join(sorted(self.registry.runtimes))}"
+            )
+        async with self._locks[name]:
+            previous = self.projects.get(name)
+            if previous and previous.mode == "attested" and self.journal:
+                self.journal.check_writable()
+            version_number = previous.next_version if previous else 1
+            version = await self._prepare(name, version_number, request, env, secrets, upload)
+            return await self._activate(name, version, previous, "deploy")
+
+    async def redeploy(self, name: str) -> tuple[Project, bool]:
+        """Fetch the same git ref again; a new version only when something changed."""
+        async with self._locks[name]:
+            previous = self._get(name)
+            live = previous.live
+            if live.source == TARBALL_SOURCE:
+                raise UserError("redeploy re-fetches a git source; upload a new tarball instead")
+            request = DeployRequest(name=name, source=live.source, ref=live.ref)
+            fetched = await self._prepare(
+                name, previous.next_version, request, live.api_env, live.secrets, None, live
+            )
+            if (fetched.commit, fetched.tree_sha256) == (live.commit, live.tree_sha256):
+                shutil.rmtree(self.store.version_dir(name, fetched.version), ignore_errors=True)
+                return previous, False
+            if previous.mode == "attested" and self.journal:
+                self.journal.check_writable()
+            return await self._activate(name, fetched, previous, "deploy"), True
+
+    async def rollback(self, name: str, to: int | None = None) -> Project:
+        async with self._locks[name]:
+            project = self._get(name)
+            if to is None:
+                older = [v.version for v in project.versions if v.version < project.current]
+                if not older:
+                    raise UserError(f"project {name!r} has no earlier version to roll back to")
+                to = max(older)
+            target = project.version(to)
+            if target is None:
+                kept = ", ".join(str(v.version) for v in project.versions)
+                raise NotFound(f"version {to} of {name!r} is not kept (kept: {kept})")
+            if to == project.current:
+                raise UserError(f"version {to} is already serving")
+            if project.mode == "attested" and self.journal:
+                self.journal.check_writable()
+            return await self._activate(name, target, project, "rollback")
+
+    async def promote(self, name: str) -> Project:
+        async with self._locks[name]:
+            project = self._get(name)
+            if project.mode == "attested":
+                raise Conflict(f"project {name!r} is already attested")
+            if self.journal is None:
+                raise UserError("attestation is not available on this daemon")
+            self.journal.check_writable()
+            now = time.time()
+            promoted = _replace(project, mode="attested", promoted_at=now, last_changed_at=now)
+            self.journal.record("promote", promoted)
+            self.store.save(promoted)
+            self.projects[name] = promoted
+            return promoted
+
+    async def delete(self, name: str) -> None:
+        async with self._locks[name]:
+            project = self._get(name)
+            if project.mode == "attested" and self.journal:
+                self.journal.check_writable()
+                self.journal.record("delete", project)
+            route = self.ingress.routes.pop(name, None)
+            del self.projects[name]
+            if route:
+                await self._stop(route)
+            await asyncio.to_thread(self.store.delete, name)
+
+    def _get(self, name: str) -> Project:
+        project = self.projects.get(name)
+        if project is None:
+            raise NotFound(f"no project named {name!r}")
+        return project
+
+    # -- the steps ------------------------------------------------------------------
+
+    async def _prepare(
+        self,
+        name: str,
+        number: int,
+        request: DeployRequest,
+        env: dict[str, str],
+        secrets: dict[str, str],
+        upload: BinaryIO | None,
+        template: Version | None = None,
+    ) -> Version:
+        """Fetch or unpack, hash, detect and build a new version in its own folder."""
+        scratch = self.store.new_scratch()
+        version_dir = self.store.version_dir(name, number)
+        try:
+            tree = scratch / "tree"
+            tree.mkdir()
+            source, ref, commit = await asyncio.to_thread(self._fetch, request, upload, tree)
+            ids = await asyncio.to_thread(treehash.tree_ids, tree)
+            defaults = _read_project_json(tree)
+            runtime = request.runtime or defaults.get("runtime")
+            entry = check_entry(request.entry or defaults.get("entry"))
+            if template is not None:  # A redeploy keeps the runtime settings it had.
+                runtime, entry = template.runtime, template.entry
+            if runtime is None:
+                detected = self.registry.detect(tree)
+                runtime, entry = detected.runtime, entry or detected.entry
+            elif runtime not in self.registry.runtimes:
+                raise UserError(f"unknown runtime {runtime!r} (from project.json)")
+            entry = entry or self.registry.default_entry(runtime)
+            if entry is not None and not (tree / entry).is_file():
+                raise UserError(f"entry file {entry!r} is not in the project")
+            version = Version(
+                version=number,
+                source=source,
+                ref=ref,
+                commit=commit,
+                runtime=runtime,
+                entry=entry,
+                env={**check_env(defaults.get("env"), "project.json env"), **env},
+                api_env=env,
+                secrets=secrets,
+                tree_sha1=ids.sha1,
+                tree_sha256=ids.sha256,
+                created_at=time.time(),
+            )
+            shutil.rmtree(version_dir, ignore_errors=True)  # Left by a crashed attempt.
+            version_dir.mkdir(parents=True)
+            tree.rename(version_dir / "tree")
+            (version_dir / "build").mkdir()
+            await asyncio.to_thread(self.registry.build, self._build_context(name, version))
+            return version
+        except BaseException:
+            shutil.rmtree(version_dir, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _fetch(
+        self, request: DeployRequest, upload: BinaryIO | None, tree: Path
+    ) -> tuple[str, str | None, str | None]:
+        s = self.settings
+        if upload is not None:
+            if request.source or request.ref:
+                raise UserError("give either a git 'source' or uploaded 'files', not both")
+            tarball.extract_tarball(upload, tree, max_bytes=s.max_unpacked_bytes, max_files=s.max_files)
+            return TARBALL_SOURCE, None, None
+        if not request.source:
+            raise UserError("'source' (a git URL) is required, or upload a tarball as multipart 'files'")
+        commit = gitsource.fetch_git(
+            request.source,
+            request.ref,
+            tree,
+            allow_insecure=s.allow_insecure_sources,
+            timeout=s.git_timeout,
+            max_bytes=s.max_git_bytes,
+        )
+        return request.source, request.ref, commit
+
+    async def _activate(
+        self, name: str, version: Version, previous: Project | None, action: str
+    ) -> Project:
+        """Start `version`, record it, switch traffic to it, retire the old instance."""
+        new_route = await self._start(name, version)
+        try:
+            now = time.time()
+            if previous is None:
+                project = Project(
+                    name=name, current=version.version, versions=[version], created_at=now
+                )
+            else:
+                kept = [v for v in previous.versions if v.version != version.version] + [version]
+                kept.sort(key=lambda v: v.version)
+                kept = _keep_last(kept, version.version, self.settings.versions_kept)
+                project = _replace(
+                    previous, current=version.version, versions=kept, last_changed_at=now
+                )
+            if project.mode == "attested" and self.journal:
+                self.journal.record(action, project)
+            self.store.save(project)
+        except BaseException:
+            await self._stop(new_route)
+            if previous is None or previous.version(version.version) is None:
+                shutil.rmtree(self.store.version_dir(name, version.version), ignore_errors=True)
+            raise
+        self.projects[name] = project
+        old_route = self.ingress.routes.get(name)
+        self.ingress.routes[name] = new_route
+        if old_route is not None:
+            asyncio.get_running_loop().create_task(self._retire(old_route))
+        self.store.prune_versions(project)
+        return project
+
+    async def _retire(self, route: Route) -> None:
+        await route.drained(DRAIN_TIMEOUT)
+        await self._stop(route)
+
+    async def _start_and_switch(self, name: str, version: Version) -> None:
+        self.ingress.routes[name] = await self._start(name, version)
+
+    async def _start(self, name: str, version: Version) -> Route:
+        ctx = self._start_context(name, version)
+        instance = await asyncio.to_thread(self.registry.start, ctx)
+        try:
+            await instance.ready(self.settings.start_timeout)
+            app = self.registry.forward(version.runtime, instance)
+        except BaseException:
+            await instance.stop()
+            raise
+        return Route(app, instance, version.runtime, version.version)
+
+    async def _stop(self, route: Route) -> None:
+        try:
+            await route.instance.stop()
+            await asyncio.to_thread(self.registry.stop, route.runtime, route.instance)
+        except Exception as exc:
+            log.warning("stopping %s v%s failed: %s", route.runtime, route.version, exc)
+
+    # -- contexts for the plugins ---------------------------------------------------
+
+    def _build_context(self, name: str, version: Version) -> BuildContext:
+        vdir = self.store.version_dir(name, version.version)
+        return BuildContext(
+            project=name,
+            version=version.version,
+            runtime=version.runtime,
+            entry=version.entry,
+            tree=vdir / "tree",
+            build_dir=vdir / "build",
+            cache_dir=self.store.cache_dir / version.runtime,
+            env=dict(version.env),
+            allow_lifecycle_scripts=self.settings.allow_lifecycle_scripts,
+            log_path=self.store.logs_dir(name) / "build.log",
+        )
+
+    def _start_context(self, name: str, version: Version) -> StartContext:
+        vdir = self.store.version_dir(name, version.version)
+        run_dir = self.store.run_dir / f"{name}.{version.version}.{time.monotonic_ns() % 10**8}"
+        run_dir.mkdir(mode=0o700, parents=True)
+        return StartContext(
+            project=name,
+            version=version.version,
+            runtime=version.runtime,
+            entry=version.entry,
+            tree=vdir / "tree",
+            build_dir=vdir / "build",
+            data_dir=self.store.data_dir(name),
+            run_dir=run_dir,
+            log_path=self.store.logs_dir(name) / "app.log",
+            env={**version.env, **version.secrets},
+            backend=self.settings.backend,
+        )
+
+
+def _keep_last(versions: list[Version], current: int, count: int) -> list[Version]:
+    """The newest `count` versions, always including the one that serves."""
+    newest = versions[-count:]
+    if all(v.version != current for v in newest):
+        newest = [v for v in versions if v.version == current] + versions[-(count - 1) :]
+    return newest
+
+
+def _replace(project: Project, **changes) -> Project:
+    return msgspec.structs.replace(project, **changes)
+
+
+def _read_project_json(tree: Path) -> dict:
+    """`project.json` may supply runtime, entry and env; API fields win over it."""
+    path = tree / "project.json"
+    if not path.is_file() or path.is_symlink():
+        return {}
+    if path.stat().st_size > PROJECT_JSON_MAX:
+        raise UserError("project.json is larger than 64 KiB")
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"project.json is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError("project.json must be a JSON object")
+    for key in ("runtime", "entry"):
+        if key in data and not isinstance(data[key], str):
+            raise UserError(f"project.json: '{key}' must be a string")
+    if "env" in data and not (
+        isinstance(data["env"], dict) and all(isinstance(v, str) for v in data["env"].values())
+    ):
+        raise UserError("project.json: 'env' must be an object of strings")
+    return {k: data[k] for k in ("runtime", "entry", "env") if k in data}

@@ -1,0 +1,107 @@
+"""The front door: every request is either the core API or a project's traffic.
+
+`/` and `/_api/...` go to the Litestar app; `/<name>/...` goes, with the prefix
+stripped, to the ASGI callable of the project's live instance. This is the hot path,
+so it does a dict lookup and a scope copy and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from .runtime import ASGIApp, Instance, Receive, Scope, Send
+
+
+class Route:
+    """A live instance and the number of requests it is serving right now."""
+
+    __slots__ = ("app", "instance", "runtime", "version", "active", "_idle")
+
+    def __init__(self, app: ASGIApp, instance: Instance, runtime: str, version: int) -> None:
+        self.app = app
+        self.instance = instance
+        self.runtime = runtime
+        self.version = version
+        self.active = 0
+        self._idle: asyncio.Event | None = None
+
+    def done(self) -> None:
+        self.active -= 1
+        if self.active == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def drained(self, timeout: float) -> None:
+        """Wait until requests already routed here have finished (bounded)."""
+        if self.active == 0:
+            return
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+class Ingress:
+    def __init__(self, api: ASGIApp) -> None:
+        self.api = api
+        self.routes: dict[str, Route] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.api(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path == "/" or path.startswith("/_api/") or path == "/_api":
+            await self.api(scope, receive, send)
+            return
+        name, slash, rest = path[1:].partition("/")
+        route = self.routes.get(name)
+        if route is None:
+            await _json_error(send, scope, 404, f"no project named {name!r}")
+            return
+        if not slash and scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            # `/<name>` → `/<name>/`, so relative links in the project resolve inside it.
+            query = scope.get("query_string") or b""
+            await _redirect(send, f"/{name}/" + ("?" + query.decode("latin-1") if query else ""))
+            return
+        child = dict(scope)
+        child["path"] = "/" + rest
+        raw = scope.get("raw_path")
+        if raw is not None:
+            child["raw_path"] = raw[len(name) + 1 :] or b"/"
+        child["root_path"] = scope.get("root_path", "") + "/" + name
+        route.active += 1
+        try:
+            await route.app(child, receive, send)
+        finally:
+            route.done()
+
+
+async def _redirect(send: Send, location: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 308,
+            "headers": [(b"location", location.encode("latin-1", "replace")), (b"content-length", b"0")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _json_error(send: Send, scope: Scope, status: int, detail: str) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 4404})
+        return
+    body = json.dumps({"status_code": status, "detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

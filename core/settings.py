@@ -1,0 +1,88 @@
+"""Daemon settings: flags win over environment variables, which win over defaults.
+
+Every setting has a `TEE_DAEMON_*` environment equivalent (SPEC section 2).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+import platformdirs
+
+APP_NAME = "tee-daemon"
+MiB = 2**20
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = msgspec.field(default_factory=default_data_dir)
+    backend: str = "process"
+    allow_insecure_sources: bool = False
+    # Upload and source bounds (SPEC section 4).
+    max_upload_bytes: int = 100 * MiB
+    max_unpacked_bytes: int = 100 * MiB
+    max_files: int = 10_000
+    git_timeout: float = 120.0
+    max_git_bytes: int = 200 * MiB
+    # Request bodies forwarded to projects.
+    max_request_body: int = 32 * MiB
+    # How long a new version may take to become healthy before the deploy fails.
+    start_timeout: float = 30.0
+    versions_kept: int = 5
+    allow_lifecycle_scripts: bool = False
+    token: str | None = msgspec.field(default=None)
+
+    @property
+    def public_base(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+_ENV_FIELDS: dict[str, tuple[str, type]] = {
+    "TEE_DAEMON_HOST": ("host", str),
+    "TEE_DAEMON_PORT": ("port", int),
+    "TEE_DAEMON_DATA_DIR": ("data_dir", Path),
+    "TEE_DAEMON_BACKEND": ("backend", str),
+    "TEE_DAEMON_ALLOW_INSECURE_SOURCES": ("allow_insecure_sources", bool),
+    "TEE_DAEMON_MAX_UPLOAD_BYTES": ("max_upload_bytes", int),
+    "TEE_DAEMON_MAX_UNPACKED_BYTES": ("max_unpacked_bytes", int),
+    "TEE_DAEMON_MAX_FILES": ("max_files", int),
+    "TEE_DAEMON_GIT_TIMEOUT": ("git_timeout", float),
+    "TEE_DAEMON_MAX_REQUEST_BODY": ("max_request_body", int),
+    "TEE_DAEMON_START_TIMEOUT": ("start_timeout", float),
+    "TEE_DAEMON_ALLOW_LIFECYCLE_SCRIPTS": ("allow_lifecycle_scripts", bool),
+    "TEE_DAEMON_TOKEN": ("token", str),
+}
+
+
+def _parse(kind: type, raw: str) -> object:
+    if kind is bool:
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    return kind(raw)
+
+
+def load_settings(overrides: dict[str, object] | None = None, environ=os.environ) -> Settings:
+    """Defaults, then `TEE_DAEMON_*` variables, then explicit (flag) overrides."""
+    values: dict[str, object] = {}
+    for var, (field, kind) in _ENV_FIELDS.items():
+        raw = environ.get(var)
+        if raw is not None and raw != "":
+            try:
+                values[field] = _parse(kind, raw)
+            except ValueError as exc:
+                raise SystemExit(f"tee-daemon: {var} is not a valid {kind.__name__}: {exc}")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    if "data_dir" in values:
+        values["data_dir"] = Path(values["data_dir"]).expanduser().resolve()  # type: ignore[arg-type]
+    if values.get("backend", "process") not in {"process", "docker"}:
+        raise SystemExit("tee-daemon: --backend must be 'process' or 'docker'")
+    return Settings(**values)  # type: ignore[arg-type]
