@@ -146,12 +146,17 @@ def test_fifo_skipped(tree: Path, tmp_path: Path) -> None:
 
 def test_deep_nesting(tree: Path, tmp_path: Path) -> None:
     # Deeper than Python's recursion limit: the walk must not recurse.
-    deep = tree
+    levels = [tree]
     for _ in range(1100):  # os.makedirs itself recurses, so make one level at a time
-        deep = deep / "d"
-        deep.mkdir()
-    (deep / "f").write_bytes(b"x")
-    check(tree, tmp_path)
+        levels.append(levels[-1] / "d")
+        levels[-1].mkdir()
+    (levels[-1] / "f").write_bytes(b"x")
+    try:
+        check(tree, tmp_path)
+    finally:  # shutil.rmtree (and so pytest's cleanup) recurses too: unwind by hand
+        (levels[-1] / "f").unlink()
+        for level in reversed(levels[1:]):
+            level.rmdir()
 
 
 _names = st.text(alphabet="ab.-_0é名", min_size=1, max_size=4).filter(
