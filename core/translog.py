@@ -90,6 +90,8 @@ class TransparencyLog:
     def open(self) -> TransparencyLog:
         """Read and check the files. Never raises for damage: sets `damaged` instead."""
         with self._lock:
+            if self._opened:
+                return self
             self.path.parent.mkdir(parents=True, exist_ok=True)
             for p in (self.path, self.roots_path):
                 if not p.exists():
