@@ -7,6 +7,8 @@ bearer token. Every refusal is a JSON error with a `detail` that says what was w
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msgspec
@@ -20,7 +22,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from .auth import bearer_matches
 from .daemon import Daemon
 from .errors import NotFound, UserError
-from .models import DeployRequest, Project
+from .models import NAME_RE, DeployRequest, Project
 
 MiB = 2**20
 
@@ -87,6 +89,30 @@ def get_project(request: Request, name: str) -> dict[str, Any]:
 # -- admin ---------------------------------------------------------------------------
 
 
+@contextmanager
+def counted(request: Request, name: str, action: str) -> Iterator[None]:
+    """Count an admin operation, ok or failed, for /_api/metrics."""
+    metrics = daemon_of(request).ingress.metrics  # type: ignore[union-attr]
+    label = name if isinstance(name, str) and NAME_RE.fullmatch(name) else "(invalid)"
+    try:
+        yield
+    except BaseException:
+        metrics.deploy(label, action, ok=False)
+        raise
+    metrics.deploy(label, action, ok=True)
+    if action == "delete":
+        metrics.forget(label)
+
+
+@get("/_api/metrics", guards=[admin_guard], sync_to_thread=True)
+def metrics(request: Request) -> Response:
+    ingress = daemon_of(request).ingress
+    return Response(
+        ingress.metrics.render(dict(ingress.routes)),  # type: ignore[union-attr]
+        media_type="text/plain; version=0.0.4; charset=utf-8",
+    )
+
+
 @get("/_api/projects", guards=[admin_guard], sync_to_thread=False)
 def list_projects(request: Request) -> dict[str, Any]:
     return listing(request, admin=True)
@@ -108,7 +134,8 @@ async def create_project(request: Request) -> dict[str, Any]:
             f"unsupported content type {content_type.split(';')[0]!r}: send JSON or multipart/form-data",
             status_code=415,
         )
-    project = await daemon.deployer.deploy(deploy_request, upload)  # type: ignore[union-attr]
+    with counted(request, deploy_request.name, "deploy"):
+        project = await daemon.deployer.deploy(deploy_request, upload)  # type: ignore[union-attr]
     return describe(request, project)
 
 
@@ -118,13 +145,15 @@ class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 @post("/_api/projects/{name:str}/promote", guards=[admin_guard], status_code=HTTP_200_OK)
 async def promote(request: Request, name: str) -> dict[str, Any]:
-    project = await daemon_of(request).deployer.promote(name)  # type: ignore[union-attr]
+    with counted(request, name, "promote"):
+        project = await daemon_of(request).deployer.promote(name)  # type: ignore[union-attr]
     return describe(request, project)
 
 
 @post("/_api/projects/{name:str}/redeploy", guards=[admin_guard], status_code=HTTP_200_OK)
 async def redeploy(request: Request, name: str) -> dict[str, Any]:
-    project, changed = await daemon_of(request).deployer.redeploy(name)  # type: ignore[union-attr]
+    with counted(request, name, "redeploy"):
+        project, changed = await daemon_of(request).deployer.redeploy(name)  # type: ignore[union-attr]
     return {"changed": changed, **describe(request, project)}
 
 
@@ -132,13 +161,15 @@ async def redeploy(request: Request, name: str) -> dict[str, Any]:
 async def rollback(request: Request, name: str) -> dict[str, Any]:
     body = await _read_body(request, 64 * 1024)
     wanted = msgspec.json.decode(body, type=RollbackRequest) if body.strip() else RollbackRequest()
-    project = await daemon_of(request).deployer.rollback(name, wanted.version)  # type: ignore[union-attr]
+    with counted(request, name, "rollback"):
+        project = await daemon_of(request).deployer.rollback(name, wanted.version)  # type: ignore[union-attr]
     return describe(request, project)
 
 
 @delete("/_api/projects/{name:str}", guards=[admin_guard], status_code=HTTP_200_OK)
 async def delete_project(request: Request, name: str) -> dict[str, Any]:
-    await daemon_of(request).deployer.delete(name)  # type: ignore[union-attr]
+    with counted(request, name, "delete"):
+        await daemon_of(request).deployer.delete(name)  # type: ignore[union-attr]
     return {"deleted": name}
 
 
@@ -193,4 +224,5 @@ ROUTES = [
     redeploy,
     rollback,
     delete_project,
+    metrics,
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from .metrics import Metrics
 from .runtime import ASGIApp, Instance, Receive, Scope, Send
 
 
@@ -46,6 +47,7 @@ class Ingress:
     def __init__(self, api: ASGIApp) -> None:
         self.api = api
         self.routes: dict[str, Route] = {}
+        self.metrics = Metrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -58,6 +60,7 @@ class Ingress:
         name, slash, rest = path[1:].partition("/")
         route = self.routes.get(name)
         if route is None:
+            self.metrics.unrouted += 1
             await _json_error(send, scope, 404, f"no project named {name!r}")
             return
         if not slash and scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
@@ -73,7 +76,7 @@ class Ingress:
         child["root_path"] = scope.get("root_path", "") + "/" + name
         route.active += 1
         try:
-            await route.app(child, receive, send)
+            await self.metrics.serve(route.app, name, child, receive, send)
         finally:
             route.done()
 
