@@ -15,7 +15,7 @@ import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import UploadFile
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
@@ -199,6 +199,8 @@ def _decode_request(raw: bytes | str, where: str) -> DeployRequest:
 async def _read_multipart(request: Request, limit: int) -> tuple[DeployRequest, io.BufferedIOBase]:
     try:
         form = await request.form()
+    except HTTPException:
+        raise  # Already a clear answer, such as 413 for a body over the limit.
     except Exception as exc:  # Litestar raises several types for broken framing.
         raise UserError(f"malformed multipart body: {exc}") from None
     manifest = form.get("manifest")

@@ -28,10 +28,12 @@ def free_port() -> int:
 class DaemonProcess:
     """`tee-daemon serve` on a free loopback port with its own data dir."""
 
-    def __init__(self, data_dir: Path, *, token: str | None = TOKEN, extra_args=(), env=None) -> None:
+    def __init__(
+        self, data_dir: Path, *, token: str | None = TOKEN, extra_args=(), env=None, allow_insecure: bool = True
+    ) -> None:
         self.data_dir = data_dir
         self.token = token
-        self.extra_args = list(extra_args)
+        self.extra_args = list(extra_args) + (["--allow-insecure-sources"] if allow_insecure else [])
         self.extra_env = dict(env or {})
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -45,8 +47,7 @@ class DaemonProcess:
             env["TEE_DAEMON_TOKEN"] = self.token
         cmd = [
             sys.executable, "-m", "tee_daemon.cli", "serve",
-            "--port", str(self.port), "--data-dir", str(self.data_dir),
-            "--allow-insecure-sources", *self.extra_args,
+            "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra_args,
         ]  # fmt: skip
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
