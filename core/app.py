@@ -12,7 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from . import __version__
+from . import __version__, viewer
 from .api import ROUTES, daemon_of, is_admin, listing
 from .daemon import Daemon
 from .errors import UserError
@@ -26,11 +26,8 @@ MiB = 2**20
 @get("/", sync_to_thread=False, include_in_schema=True)
 def root(request: Request) -> Response:
     """The attested projects as JSON, or the viewer page for browsers."""
-    accept = request.headers.get("accept", "")
-    if "text/html" in accept and "application/json" not in accept:
-        from .viewer import viewer_page
-
-        return Response(viewer_page(daemon_of(request)), media_type="text/html")
+    if viewer.wants_html(request):
+        return viewer.html_response(viewer.viewer_page(daemon_of(request)))
     return Response(listing(request, admin=is_admin(request)))
 
 
@@ -56,7 +53,7 @@ def internal_error_handler(request: Request, exc: Exception) -> Response:
 
 def build_app(daemon: Daemon) -> Ingress:
     api = Litestar(
-        route_handlers=[root, *ROUTES],
+        route_handlers=[root, *ROUTES, *viewer.ROUTES],
         on_startup=[lambda: daemon.start()],
         on_shutdown=[lambda: daemon.stop()],
         exception_handlers={
