@@ -25,7 +25,7 @@ import os
 import tarfile
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from .errors import SourceError
 
@@ -53,7 +53,9 @@ def extract_tarball(
     links: list[str] = []
     dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as archive:
+        # tarfile and gzip only call read(n) on these streams, whatever their stubs say.
+        fileobj = cast(BinaryIO, stream)
+        with tarfile.open(fileobj=fileobj, mode="r|", tarinfo=_BoundedTarInfo) as archive:
             for count, member in enumerate(archive, start=1):
                 if count > max_files:
                     raise SourceError(f"tarball has more than {max_files} members")
@@ -70,10 +72,11 @@ def extract_tarball(
 class _BoundedTarInfo(tarfile.TarInfo):
     """Refuses oversized pax/GNU headers before tarfile reads them whole into memory."""
 
-    def _proc_member(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _META_TYPES and self.size > _MAX_META:
             raise SourceError(f"tar extended header of {self.size} bytes is too large")
-        return super()._proc_member(tarfile)  # type: ignore[misc]
+        member: tarfile.TarInfo = super()._proc_member(archive)  # type: ignore[misc]
+        return member
 
 
 class _Budget:
@@ -128,7 +131,9 @@ def _open_stream(src: BinaryIO, limit: int) -> _Prefixed:
     """The tar stream, gunzipped if needed, after checking what the bytes are."""
     magic = _read_exactly(_Prefixed(b"", src), 2)
     raw = _Prefixed(magic, src)
-    inner = gzip.GzipFile(fileobj=raw, mode="rb") if magic == b"\x1f\x8b" else raw  # type: ignore[arg-type]
+    inner: _Prefixed | gzip.GzipFile = raw
+    if magic == b"\x1f\x8b":
+        inner = gzip.GzipFile(fileobj=cast(BinaryIO, raw), mode="rb")
     counted = _Counted(inner, limit)
     try:
         first = _read_exactly(counted, _BLOCK)
@@ -190,9 +195,13 @@ def _extract_member(
         else:
             _write_file(archive, member, parent, leaf, budget)
     except FileExistsError:
-        raise SourceError(f"tarball member {name!r} is a duplicate or conflicts with another") from None
+        raise SourceError(
+            f"tarball member {name!r} is a duplicate or conflicts with another"
+        ) from None
     except ValueError as exc:  # e.g. NUL in a pax link target
         raise SourceError(f"tarball member {name!r} is invalid: {exc}") from None
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise SourceError(f"cannot unpack tarball member {name!r}: {exc.strerror}") from None
     finally:
         os.close(parent)
 
@@ -211,8 +220,7 @@ def _open_parent(dest_fd: int, parts: list[str], name: str) -> int:
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise SourceError(
-                    f"tarball member {name!r} would be written through a symlink or file"
-                    f" ({part!r})"
+                    f"tarball member {name!r} would be written through a symlink or file ({part!r})"
                 ) from None
             raise SourceError(f"cannot unpack tarball member {name!r}: {exc.strerror}") from None
         finally:
@@ -263,7 +271,9 @@ def _check_link_target(parts: list[str], target: str, name: str) -> None:
     for part in target.split("/"):
         if part == "..":
             if not where:
-                raise SourceError(f"tarball symlink {name!r} -> {target!r} leaves the project folder")
+                raise SourceError(
+                    f"tarball symlink {name!r} -> {target!r} leaves the project folder"
+                )
             where.pop()
         elif part not in ("", "."):
             where.append(part)

@@ -36,7 +36,9 @@ def member(
     return info, data
 
 
-def build(*members: tuple[tarfile.TarInfo, bytes | None], gz: bool = False, fmt: int = tarfile.PAX_FORMAT) -> bytes:
+def build(
+    *members: tuple[tarfile.TarInfo, bytes | None], gz: bool = False, fmt: int = tarfile.PAX_FORMAT
+) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w", format=fmt) as tf:
         for info, data in members:
@@ -44,11 +46,11 @@ def build(*members: tuple[tarfile.TarInfo, bytes | None], gz: bool = False, fmt:
     return buf.getvalue()
 
 
-def d(name: str, mode: int = 0o700) -> tuple[tarfile.TarInfo, None]:
+def d(name: str, mode: int = 0o700) -> tuple[tarfile.TarInfo, bytes | None]:
     return member(name, type=tarfile.DIRTYPE, mode=mode)
 
 
-def link(name: str, target: str) -> tuple[tarfile.TarInfo, None]:
+def link(name: str, target: str) -> tuple[tarfile.TarInfo, bytes | None]:
     return member(name, type=tarfile.SYMTYPE, linkname=target)
 
 
@@ -140,7 +142,9 @@ def test_limits_are_inclusive(dest: Path) -> None:
 # --- refusals --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("data", [b"", b"hello world", b"PK\x03\x04" + b"\0" * 600, os.urandom(2048)])
+@pytest.mark.parametrize(
+    "data", [b"", b"hello world", b"PK\x03\x04" + b"\0" * 600, os.urandom(2048)]
+)
 def test_not_an_archive(dest: Path, data: bytes) -> None:
     refused(data, dest, "not a tar or tar.gz archive")
 
@@ -200,7 +204,9 @@ def test_write_through_symlink(dest: Path, archive: bytes) -> None:
     assert not (dest / "sub/x").exists() and not (dest / "sub/deeper").exists()
 
 
-@pytest.mark.parametrize("archive", [build(link("link", "sub"), d("link")), build(link("link", "sub"), d("link/in"))])
+@pytest.mark.parametrize(
+    "archive", [build(link("link", "sub"), d("link")), build(link("link", "sub"), d("link/in"))]
+)
 def test_folder_over_symlink(dest: Path, archive: bytes) -> None:
     refused(archive, dest, "through a symlink|conflicts")
     assert not (dest / "sub").exists()
@@ -234,6 +240,11 @@ def test_file_over_folder_refused(dest: Path) -> None:
     refused(build(member("a/b", b"1"), member("a", b"2")), dest, "duplicate or conflicts")
 
 
+def test_name_too_long(dest: Path) -> None:
+    refused(build(member("x" * 300, b"x")), dest, "cannot unpack tarball member")
+    refused(build(member("d" * 300 + "/x", b"x")), dest, "cannot unpack tarball member")
+
+
 def test_hard_link(dest: Path) -> None:
     archive = build(member("a", b"x"), member("b", type=tarfile.LNKTYPE, linkname="a"))
     refused(archive, dest, "hard link")
@@ -241,7 +252,11 @@ def test_hard_link(dest: Path) -> None:
 
 @pytest.mark.parametrize(
     ("type", "what"),
-    [(tarfile.CHRTYPE, "device file"), (tarfile.BLKTYPE, "device file"), (tarfile.FIFOTYPE, "FIFO")],
+    [
+        (tarfile.CHRTYPE, "device file"),
+        (tarfile.BLKTYPE, "device file"),
+        (tarfile.FIFOTYPE, "FIFO"),
+    ],
 )
 def test_special_files(dest: Path, type: bytes, what: str) -> None:
     refused(build(member("dev", type=type)), dest, what)
@@ -313,7 +328,9 @@ def test_inflated_stream_is_bounded(dest: Path) -> None:
         info = tarfile.TarInfo(f"f{i}")
         info.pax_headers = {"comment": "y" * 60_000}
         infos.append((info, b""))
-    refused(build(*infos, gz=True), dest, "tar stream is larger than", max_files=100, max_bytes=1000)
+    refused(
+        build(*infos, gz=True), dest, "tar stream is larger than", max_files=100, max_bytes=1000
+    )
 
 
 def test_gzip_of_endless_zeros(dest: Path) -> None:

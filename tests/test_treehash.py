@@ -28,12 +28,9 @@ def git_tree_ids(root: Path, scratch: Path) -> TreeIds:
         gitdir = scratch / f"repo-{fmt}"
         shutil.rmtree(gitdir, ignore_errors=True)
         env = {**GIT_ENV, "GIT_DIR": str(gitdir), "GIT_WORK_TREE": str(root)}
-        run = lambda *args: subprocess.run(  # noqa: E731
-            ["git", *args], env=env, cwd=root, check=True, capture_output=True
-        ).stdout.decode().strip()
-        run("init", "-q", f"--object-format={fmt}")
-        run("add", "-A", "-f")
-        ids[fmt] = run("write-tree")
+        for args in (["init", "-q", f"--object-format={fmt}"], ["add", "-A", "-f"], ["write-tree"]):
+            out = subprocess.run(["git", *args], env=env, cwd=root, check=True, capture_output=True)
+        ids[fmt] = out.stdout.decode().strip()
     return TreeIds(**ids)
 
 
@@ -181,7 +178,9 @@ def _materialize(root: Path, node: object) -> None:
             write(root, name, child)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(shape=st.dictionaries(_names, _trees, max_size=6))
 def test_random_trees(tmp_path: Path, shape: dict[str, object]) -> None:
     root = tmp_path / "random"
