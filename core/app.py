@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from . import __version__, viewer
 from .api import ROUTES, daemon_of, is_admin, listing
+from .attest_api import ATTEST_ROUTES
 from .daemon import Daemon
 from .errors import UserError
 from .routing import Ingress
@@ -53,9 +54,9 @@ def internal_error_handler(request: Request, exc: Exception) -> Response:
 
 def build_app(daemon: Daemon) -> Ingress:
     api = Litestar(
-        route_handlers=[root, *ROUTES, *viewer.ROUTES],
-        on_startup=[lambda: daemon.start()],
-        on_shutdown=[lambda: daemon.stop()],
+        route_handlers=[root, *ROUTES, *viewer.ROUTES, *ATTEST_ROUTES],
+        on_startup=[daemon.start],  # bound coroutine functions: Litestar awaits them
+        on_shutdown=[daemon.stop],
         exception_handlers={
             UserError: user_error_handler,
             HTTPException: http_error_handler,

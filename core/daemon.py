@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
 from . import __version__
 from .auth import load_or_create_token
 from .deploy import Deployer
+from .journal import Journal
 from .registry import Registry
 from .routing import Ingress
 from .runtime import ASGIApp
@@ -27,6 +29,9 @@ class Daemon:
         self.ingress: Ingress | None = None
         self.deployer: Deployer | None = None
         self.tee_mode = "none"
+        self.tee = None  # tee.Tee once started
+        self.tee_info: dict = {}
+        self.journal: Journal | None = None
 
     def attach(self, api: ASGIApp) -> Ingress:
         self.ingress = Ingress(api)
@@ -35,12 +40,35 @@ class Daemon:
 
     async def start(self) -> None:
         assert self.deployer is not None
+        await self._start_tee()
         await self.deployer.restore()
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.reconcile, list(self.deployer.projects.values()))
         log.info("tee-daemon %s serving %d projects", __version__, len(self.deployer.projects))
+
+    async def _start_tee(self) -> None:
+        """The TEE (dstack agent, else the built-in simulator) and the checked log."""
+        from .tee import connect_tee
+
+        error = None
+        try:
+            self.tee = await asyncio.to_thread(connect_tee, self.settings.data_dir)
+            self.tee_mode = self.tee.mode
+            self.tee_info = await asyncio.to_thread(self.tee.info)
+        except Exception as exc:  # The daemon still serves; attestation says why it cannot.
+            error = str(exc)
+            self.tee_mode = "unavailable"
+            log.error("no TEE: %s", exc)
+        self.journal = Journal(self.settings.data_dir, self.tee, error)
+        await asyncio.to_thread(self.journal.open)
+        self.deployer.journal = self.journal  # type: ignore[union-attr]
 
     async def stop(self) -> None:
         if self.deployer is not None:
             await self.deployer.shutdown()
+        if self.tee is not None:
+            self.tee.close()
+            self.tee = None
 
     def substrate(self) -> dict:
         runtimes = {
@@ -53,6 +81,8 @@ class Daemon:
             "backend": self.settings.backend,
             "runtimes": runtimes,
             "tee": self.tee_mode,
+            "tee_info": self.tee_info,
+            "transparency_log": self.journal.status() if self.journal else None,
         }
         facts.update(self.registry.substrate())
         return facts
