@@ -1,0 +1,87 @@
+"""The Python runtime: `app.py` with an ASGI `app`, or `async def handle(method, path,
+headers, body, env) -> (status, headers, body)`.
+
+Server: granian (a daemon dependency, Rust HTTP and WebSockets, much faster than a
+pure-Python server), embedded in the project's single process by a small shim.
+Dependencies: `requirements.txt` goes into a virtual environment of the project's own,
+cached by the file's hash; that venv reaches granian through a `.pth` line placed after
+its own site-packages, so the project's packages win. Without a requirements.txt the
+project runs on the daemon's interpreter (nothing to install).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from tee_daemon import deps, toolchain
+from tee_daemon.errors import DeployFailed
+from tee_daemon.hookspecs import hookimpl
+from tee_daemon.process import python_roots, start_process
+from tee_daemon.runtime import BuildContext, Detection, Instance, RuntimeInfo, StartContext
+
+HERE = Path(__file__).resolve().parent
+NAME = "python"
+SHIM = "shim.py"
+VENV_POINTER = "venv.txt"
+
+
+@hookimpl
+def runtime_describe() -> list[RuntimeInfo]:
+    return [
+        RuntimeInfo(
+            name=NAME,
+            default_entry="app.py",
+            detect_priority=20,
+            version=toolchain.version(NAME),
+            description="Python: ASGI `app` or `async def handle(method, path, headers, body, env)`, served by granian",
+        )
+    ]
+
+
+@hookimpl
+def runtime_detect(tree: Path) -> Detection | None:
+    return Detection(runtime=NAME, entry="app.py") if (tree / "app.py").is_file() else None
+
+
+@hookimpl
+def runtime_build(runtime: str, ctx: BuildContext) -> bool:
+    entry = ctx.entry or "app.py"
+    if not (ctx.tree / entry).is_file():
+        raise DeployFailed(f"entry file {entry!r} is not in the project")
+    venv = deps.python_venv(ctx.tree, ctx.cache_dir, log_path=ctx.log_path)
+    if venv is not None:
+        (ctx.build_dir / VENV_POINTER).write_text(str(venv) + "\n")
+    shutil.copyfile(HERE / SHIM, ctx.build_dir / SHIM)
+    return True
+
+
+@hookimpl
+def runtime_start(runtime: str, ctx: StartContext) -> Instance:
+    pointer = ctx.build_dir / VENV_POINTER
+    read_only = list(python_roots())
+    if pointer.is_file():
+        venv = Path(pointer.read_text().strip())
+        python = venv / "bin" / "python"
+        read_only.append(venv.parent)
+    else:
+        python = Path(sys.executable)
+    return start_process(
+        ctx,
+        argv=[str(python), "-u", str(ctx.build_dir / SHIM)],
+        cwd=ctx.tree,
+        read_only=read_only,
+        extra_env={
+            "TEE_ENTRY": str(ctx.tree / (ctx.entry or "app.py")),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+        },
+    )
+
+
+@hookimpl
+def runtime_forward(runtime: str, instance: Instance):
+    from tee_daemon.proxy import proxy_to
+
+    return proxy_to(instance.upstream)  # type: ignore[attr-defined]

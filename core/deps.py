@@ -1,0 +1,234 @@
+"""Dependency installs for the process runtimes, cached by a hash of the dependency files.
+
+* ``package.json`` → ``npm ci`` when a lockfile is there, else ``npm install``, with
+  ``--ignore-scripts`` unless the operator allows lifecycle scripts; npm is the pinned
+  node wheel's own.
+* ``requirements.txt`` → a virtual environment of the project's own (pip from the
+  daemon's environment, targeting the new venv's interpreter).
+
+An install lands in ``<cache_dir>/deps/<hash>/`` and is reused by every later build
+whose dependency files hash the same (a code-only redeploy installs nothing). Installs
+run in the sandbox like the projects themselves (they may execute package code), with a
+clean environment, so they see neither the daemon's secrets nor other projects' data.
+The build log says which happened: "installing dependencies" or "dependencies from cache".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import toolchain
+from .errors import DeployFailed
+from .process import MINIMAL_PATH, python_roots, sandbox_argv, tail
+
+INSTALL_TIMEOUT = 600.0
+COMPLETE = ".complete"
+NPM_LOCKFILES = ("package-lock.json", "npm-shrinkwrap.json")
+
+
+def build_log(log_path: Path | None, message: str) -> None:
+    if log_path is None:
+        return
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with open(log_path, "ab") as fh:
+        fh.write(f"[tee-daemon {stamp}] {message}\n".encode())
+
+
+def run_step(
+    what: str,
+    argv: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path | None,
+    read_only: list[Path],
+    read_write: list[Path],
+    timeout: float = INSTALL_TIMEOUT,
+) -> None:
+    """Run one build command in the sandbox; DeployFailed with its output when it fails."""
+    full = sandbox_argv(argv, read_only=read_only, read_write=read_write, cwd=cwd)
+    log_path = log_path or cwd / ".build.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = log_path.stat().st_size if log_path.exists() else 0
+    with open(log_path, "ab") as out:
+        try:
+            result = subprocess.run(
+                full, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            raise DeployFailed(f"{what} took longer than {timeout:g}s", log=tail(log_path, start)) from None
+        except OSError as exc:
+            raise DeployFailed(f"{what} could not run: {exc}") from None
+    if result.returncode != 0:
+        output = tail(log_path, start)
+        raise DeployFailed(f"{what} failed (exit code {result.returncode}):\n{output}", log=output)
+
+
+def digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()[:40]
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _cached_install(cache_dir: Path, key: str, log_path: Path | None, label: str, install) -> Path:
+    """`install(dest)` once per key; later calls return the finished folder."""
+    dest = cache_dir / "deps" / key
+    with _locked(cache_dir / "deps" / f"{key}.lock"):
+        if (dest / COMPLETE).exists():
+            build_log(log_path, f"{label}: dependencies from cache {key}")
+            return dest
+        shutil.rmtree(dest, ignore_errors=True)  # A half-finished earlier attempt.
+        dest.mkdir(parents=True)
+        build_log(log_path, f"{label}: installing dependencies into cache {key}")
+        try:
+            install(dest)
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        (dest / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+        return dest
+
+
+# -- npm ---------------------------------------------------------------------------------
+
+
+def npm_dependencies(tree: Path, cache_dir: Path, *, allow_scripts: bool, log_path: Path | None) -> Path | None:
+    """The cached folder holding `node_modules` for the tree's package.json, or None."""
+    package = tree / "package.json"
+    if not package.is_file() or package.is_symlink():
+        return None
+    lock = next((tree / n for n in NPM_LOCKFILES if (tree / n).is_file() and not (tree / n).is_symlink()), None)
+    npm = toolchain.npm_argv()
+    if npm is None:
+        raise DeployFailed("package.json needs npm, but no node/npm is provisioned (run make install)")
+    key = digest(
+        b"npm/1",
+        (toolchain.version("node") or "").encode(),
+        package.read_bytes(),
+        lock.name.encode() if lock else b"",
+        lock.read_bytes() if lock else b"",
+        b"scripts" if allow_scripts else b"no-scripts",
+    )
+
+    def install(dest: Path) -> None:
+        shutil.copyfile(package, dest / "package.json")
+        if lock is not None:
+            shutil.copyfile(lock, dest / lock.name)
+        npm_cache = cache_dir / "npm-cache"
+        npm_cache.mkdir(parents=True, exist_ok=True)
+        command = "ci" if lock is not None else "install"
+        argv = [*npm, command, "--no-audit", "--no-fund", "--omit=dev", "--loglevel=warn", "--no-update-notifier"]
+        if not allow_scripts:
+            argv.append("--ignore-scripts")
+        node_root = toolchain.tool_root("node")
+        env = {
+            "PATH": f"{Path(npm[0]).parent}:{MINIMAL_PATH}",
+            "HOME": str(dest),
+            "npm_config_cache": str(npm_cache),
+            "npm_config_update_notifier": "false",
+            "LANG": "C.UTF-8",
+        }
+        run_step(
+            f"npm {command}",
+            argv,
+            cwd=dest,
+            env=env,
+            log_path=log_path,
+            read_only=[p for p in (node_root,) if p is not None],
+            read_write=[dest, npm_cache],
+        )
+        (dest / "node_modules").mkdir(exist_ok=True)
+
+    return _cached_install(cache_dir, key, log_path, "npm", install)
+
+
+def app_dir_with_modules(tree: Path, build_dir: Path, deps: Path) -> Path:
+    """A copy of the tree (hard links when possible) with `node_modules` linked in.
+
+    Node resolves packages from the importing file's folder upwards, so the modules
+    must sit beside the entry; the deployed tree itself is never modified.
+    """
+    app = build_dir / "app"
+    shutil.rmtree(app, ignore_errors=True)
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(tree, app, symlinks=True, copy_function=link_or_copy)
+    target = app / "node_modules"
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)
+    target.symlink_to(deps / "node_modules", target_is_directory=True)
+    return app
+
+
+# -- python --------------------------------------------------------------------------------
+
+
+def _site_packages(venv: Path) -> Path:
+    return venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+
+
+def python_venv(tree: Path, cache_dir: Path, *, log_path: Path | None) -> Path | None:
+    """The project's own venv with requirements.txt installed (cached), or None."""
+    requirements = tree / "requirements.txt"
+    if not requirements.is_file() or requirements.is_symlink():
+        return None
+    key = digest(b"pip/1", sys.version.encode(), requirements.read_bytes())
+
+    def install(dest: Path) -> None:
+        venv = dest / "venv"
+        pip_cache = cache_dir / "pip-cache"
+        pip_cache.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(requirements, dest / "requirements.txt")
+        env = {"PATH": MINIMAL_PATH, "HOME": str(dest), "LANG": "C.UTF-8", "PIP_CACHE_DIR": str(pip_cache)}
+        roots = python_roots()
+        run_step(
+            "creating the virtual environment",
+            [sys.executable, "-m", "venv", "--without-pip", str(venv)],
+            cwd=dest, env=env, log_path=log_path, read_only=roots, read_write=[dest],
+        )  # fmt: skip
+        run_step(
+            "pip install -r requirements.txt",
+            [
+                sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+                "--no-input", "--disable-pip-version-check", "--progress-bar", "off",
+                "-r", str(dest / "requirements.txt"),
+            ],
+            cwd=dest, env=env, log_path=log_path, read_only=roots, read_write=[dest, pip_cache],
+        )  # fmt: skip
+        # The shim's server (granian) comes from the daemon's environment, after the
+        # project's own packages on sys.path.
+        daemon_site = sysconfig.get_path("purelib")
+        (_site_packages(venv) / "_tee_daemon_base.pth").write_text(daemon_site + "\n")
+
+    dest = _cached_install(cache_dir, key, log_path, "pip", install)
+    return dest / "venv"

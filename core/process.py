@@ -1,0 +1,562 @@
+"""Supervised OS processes for the process runtimes (deno, bun, node, python).
+
+`ProcessInstance` is the `Instance` every process runtime returns. It
+
+* spawns an argv with exactly the environment it is given (never the daemon's: the
+  admin token and every ``TEE_DAEMON_*`` setting stay out), stdin closed, stdout and
+  stderr appended to the project's log file, in its own process group;
+* wraps the argv in bubblewrap when it works on this machine (`sandbox_argv`): the
+  project sees read-only system folders and runtime binaries, its own tree and build
+  folder, its data dir read-write, a private /tmp, and nothing else of this machine's
+  files (no other project, no daemon state); pid/ipc/uts namespaces are private, the
+  network is shared so the process can listen on loopback and reach the internet;
+* listens on a loopback port the daemon picked (`free_port`); `ready` polls a TCP
+  connect and fails with the exit code and the last log lines when the process exits
+  or is not listening in time;
+* after it served once, restarts it when it dies, with exponential backoff; a crash
+  loop shows in `describe()` (``state: crash-loop``) and as a line in the log;
+* `stop` sends SIGTERM to the process group, then SIGKILL.
+
+Logs rotate by copy-and-truncate (the child keeps its O_APPEND descriptor), checked by
+one background task for all instances: ``LOG_MAX_BYTES`` per file, ``LOG_KEEP`` files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import functools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+from .errors import DeployFailed
+from .runtime import Instance
+
+LOG_MAX_BYTES = 5 * 2**20
+LOG_KEEP = 3  # app.log, app.log.1, app.log.2
+LOG_CHECK_INTERVAL = 5.0
+STOP_GRACE = 3.0
+BACKOFF_FIRST = 0.2
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 20.0  # A process up this long resets the backoff.
+CRASH_LOOP_AFTER = 5  # Consecutive quick crashes before the state says crash-loop.
+MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+# -- the sandbox ----------------------------------------------------------------------
+
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_SYSTEM_ETC = (
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+    "/etc/gai.conf",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/pki",
+    "/etc/crypto-policies",
+    "/etc/localtime",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/mime.types",
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+)
+
+
+@functools.cache
+def bwrap() -> str | None:
+    """The bubblewrap binary when it can actually create a sandbox here, else None."""
+    if os.environ.get("TEE_DAEMON_NO_SANDBOX") == "1":
+        return None
+    path = shutil.which("bwrap") or next((p for p in ("/usr/bin/bwrap",) if os.path.exists(p)), None)
+    if path is None:
+        return None
+    try:
+        probe = subprocess.run(
+            [path, *_system_binds(), "--unshare-all", "--share-net", "--die-with-parent", "--", "/bin/true"],
+            capture_output=True,
+            timeout=10,
+            env={"PATH": MINIMAL_PATH},
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return path if probe.returncode == 0 else None
+
+
+@functools.cache
+def bwrap_version() -> str | None:
+    path = bwrap()
+    if path is None:
+        return None
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip().split()[-1] if out.strip() else None
+
+
+def _system_binds() -> list[str]:
+    args: list[str] = []
+    for folder in _SYSTEM_DIRS:
+        if os.path.islink(folder):
+            args += ["--symlink", os.readlink(folder), folder]
+        elif os.path.isdir(folder):
+            args += ["--ro-bind", folder, folder]
+    for item in _SYSTEM_ETC:
+        if os.path.exists(item):
+            args += ["--ro-bind", item, item]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    return args
+
+
+def python_roots() -> list[Path]:
+    """What a sandboxed Python (this interpreter or a venv made from it) needs to read."""
+    roots = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()}
+    return sorted(roots)
+
+
+def sandbox_argv(
+    argv: list[str],
+    *,
+    read_only: list[Path],
+    read_write: list[Path],
+    cwd: Path,
+) -> list[str]:
+    """`argv` wrapped in bubblewrap (when available) exposing only the given folders."""
+    tool = bwrap()
+    if tool is None:
+        return argv
+    binds: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for flag, paths in (("--ro-bind", read_only), ("--bind", read_write)):
+        for path in paths:
+            real = str(Path(path).resolve())
+            if real in seen or not os.path.exists(real):
+                continue
+            seen.add(real)
+            binds.append((flag, real))
+    # Parents before children, so a nested bind is not hidden by its parent's.
+    binds.sort(key=lambda b: (b[1].count("/"), b[1]))
+    args = [tool, "--unshare-all", "--share-net", "--die-with-parent", *_system_binds()]
+    for flag, real in binds:
+        args += [flag, real, real]
+    args += ["--chdir", str(cwd), "--"]
+    return args + argv
+
+
+def isolation_facts() -> dict[str, Any]:
+    """What `/_api/substrate` shows about how process projects are isolated."""
+    tool = bwrap()
+    if tool is None:
+        return {
+            "kind": "none",
+            "detail": "bubblewrap unavailable: projects run as plain processes with a clean "
+            "environment on loopback (Deno still gets permission flags)",
+        }
+    return {
+        "kind": "bubblewrap",
+        "version": bwrap_version(),
+        "namespaces": ["mount", "pid", "ipc", "uts", "cgroup", "user (when permitted)"],
+        "filesystem": "read-only system folders and runtimes; own tree and build read-only; "
+        "own data dir read-write; private /tmp; no other project's files, no daemon state",
+        "network": "shared; projects listen on 127.0.0.1 only",
+        "environment": "manifest env, secrets, DATA_DIR, PORT, HOME, PATH only",
+    }
+
+
+# -- ports and logs -----------------------------------------------------------------------
+
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """An unused loopback port (not one handed to another live instance)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise DeployFailed("no free loopback port")
+
+
+def rotate(path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> bool:
+    """Copy-and-truncate `path` into path.1 (shifting older ones) when it is too big."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    for index in range(keep - 1, 1, -1):
+        older = path.with_name(f"{path.name}.{index - 1}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{index}"))
+    if keep > 1:
+        shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+    with open(path, "r+b") as fh:
+        fh.truncate(0)
+    return True
+
+
+def log_files(path: Path, keep: int = LOG_KEEP) -> list[Path]:
+    """The rotated files of `path`, oldest first, that exist."""
+    files = [path.with_name(f"{path.name}.{i}") for i in range(keep - 1, 0, -1)] + [path]
+    return [f for f in files if f.exists()]
+
+
+def tail(path: Path, since: int = 0, lines: int = 30, max_bytes: int = 16384) -> str:
+    """The last `lines` lines of `path` written after offset `since`."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            start = max(since if since <= size else 0, size - max_bytes)
+            fh.seek(start)
+            data = fh.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def log_line(path: Path, message: str) -> None:
+    """A line from the daemon itself in a project's log."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    try:
+        with open(path, "ab") as fh:
+            fh.write(f"[tee-daemon {stamp}] {message}\n".encode())
+    except OSError:
+        pass
+
+
+_live: "weakref.WeakSet[ProcessInstance]" = weakref.WeakSet()
+_rotator: asyncio.Task | None = None
+
+
+async def _rotate_forever() -> None:
+    while True:
+        await asyncio.sleep(LOG_CHECK_INTERVAL)
+        for path in {inst.log_path for inst in list(_live)}:
+            try:
+                rotate(path)
+            except OSError:
+                pass
+
+
+def _ensure_rotator() -> None:
+    global _rotator
+    if _rotator is None or _rotator.done():
+        _rotator = asyncio.get_running_loop().create_task(_rotate_forever())
+
+
+# -- the process ---------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_daemon() -> None:  # pragma: no cover - runs in the child
+    """In the child before exec: get SIGKILL when the daemon dies (no orphans)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except Exception:
+        pass
+
+
+class ProcessInstance(Instance):
+    def __init__(
+        self,
+        *,
+        label: str,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: Path,
+        log_path: Path,
+        port: int,
+        read_only: list[Path] = (),  # type: ignore[assignment]
+        read_write: list[Path] = (),  # type: ignore[assignment]
+        facts: dict[str, Any] | None = None,
+    ) -> None:
+        self.label = label
+        self.port = port
+        self.upstream: tuple[str, int] = ("127.0.0.1", port)
+        self.env = dict(env)
+        self.cwd = cwd
+        self.log_path = log_path
+        self.argv = sandbox_argv(argv, read_only=list(read_only), read_write=list(read_write), cwd=cwd)
+        self.sandboxed = self.argv is not argv and self.argv[0] == bwrap()
+        self.facts = dict(facts or {})
+        self.proc: subprocess.Popen | None = None
+        self.state = "starting"
+        self.restarts = 0
+        self.quick_crashes = 0
+        self.last_exit: int | None = None
+        self.started_at = 0.0
+        self._log_offset = 0
+        self._stopping = False
+        self._supervised = False
+        self._pidfd: int | None = None
+        self._task: asyncio.Task | None = None
+        self.spawn()
+
+    # -- spawning -------------------------------------------------------------------
+
+    def spawn(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        rotate(self.log_path)
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            self._log_offset = os.fstat(fd).st_size
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                close_fds=True,
+                start_new_session=True,
+                preexec_fn=_die_with_daemon,
+            )
+        except OSError as exc:
+            raise DeployFailed(f"{self.label}: could not start {self.argv[0]}: {exc}") from None
+        finally:
+            os.close(fd)
+        self.started_at = time.monotonic()
+
+    def _recent_log(self) -> str:
+        return tail(self.log_path, self._log_offset)
+
+    def _failure(self, what: str) -> DeployFailed:
+        output = self._recent_log()
+        message = f"{self.label} {what}"
+        if output:
+            message += f"; last log lines:\n{output}"
+        return DeployFailed(message, log=output)
+
+    async def _listening(self) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(*self.upstream), 1.0)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+        return True
+
+    async def _wait_listening(self, timeout: float) -> None:
+        """Return when the port accepts, raise DeployFailed when the process exits first."""
+        deadline = time.monotonic() + timeout
+        pause = 0.01
+        while True:
+            assert self.proc is not None
+            code = self.proc.poll()
+            if code is not None:
+                self.last_exit = code
+                raise self._failure(f"exited with {_describe_exit(code)} before serving")
+            if await self._listening():
+                return
+            if time.monotonic() > deadline:
+                raise self._failure(f"was not listening on port {self.port} after {timeout:g}s")
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, 0.1)
+
+    # -- Instance -------------------------------------------------------------------
+
+    async def ready(self, timeout: float) -> None:
+        await self._wait_listening(timeout)
+        self.state = "running"
+        self._supervised = True
+        _live.add(self)
+        _ensure_rotator()
+        self._watch()
+
+    async def healthy(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and self.state == "running"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "pid": self.proc.pid if self.proc else None,
+            "address": f"127.0.0.1:{self.port}",
+            "state": self.state,
+            "restarts": self.restarts,
+            "last_exit": _describe_exit(self.last_exit) if self.last_exit is not None else None,
+            "sandbox": "bubblewrap" if self.sandboxed else "none",
+            **self.facts,
+        }
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self.state = "stopped"
+        _live.discard(self)
+        self._unwatch()
+        if self._task is not None:
+            self._task.cancel()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGKILL)
+                await asyncio.to_thread(proc.wait)
+        if proc is not None:
+            _signal_group(proc, signal.SIGKILL)  # Stragglers of the group.
+        _handed_out.discard(self.port)
+
+    # -- supervision ------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        assert self.proc is not None
+        loop = asyncio.get_running_loop()
+        try:
+            self._pidfd = os.pidfd_open(self.proc.pid)
+        except (OSError, AttributeError):
+            self._pidfd = None
+            self._task = loop.create_task(self._poll_exit())
+            return
+        loop.add_reader(self._pidfd, self._on_exit)
+
+    def _unwatch(self) -> None:
+        if self._pidfd is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self._pidfd)
+            except RuntimeError:
+                pass
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    async def _poll_exit(self) -> None:
+        while self.proc is not None and self.proc.poll() is None:
+            await asyncio.sleep(0.5)
+        self._on_exit()
+
+    def _on_exit(self) -> None:
+        self._unwatch()
+        if self._stopping or self.proc is None:
+            return
+        code = self.proc.poll()
+        if code is None:  # Spurious wake-up: keep watching.
+            self._watch()
+            return
+        self.last_exit = code
+        uptime = time.monotonic() - self.started_at
+        self.quick_crashes = 0 if uptime >= STABLE_AFTER else self.quick_crashes + 1
+        delay = min(BACKOFF_FIRST * 2 ** max(self.quick_crashes - 1, 0), BACKOFF_MAX)
+        self.state = "crash-loop" if self.quick_crashes >= CRASH_LOOP_AFTER else "restarting"
+        note = f"{self.label} exited with {_describe_exit(code)} after {uptime:.1f}s; restarting in {delay:.1f}s"
+        if self.state == "crash-loop":
+            note += f" (crash loop: {self.quick_crashes} quick crashes in a row)"
+        log_line(self.log_path, note)
+        self._task = asyncio.get_running_loop().create_task(self._restart(delay))
+
+    async def _restart(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._stopping:
+            return
+        self.restarts += 1
+        try:
+            self.spawn()
+        except DeployFailed as exc:
+            log_line(self.log_path, str(exc))
+            self.proc = None
+            self._task = asyncio.get_running_loop().create_task(self._restart(BACKOFF_MAX))
+            return
+        self._watch()
+        try:
+            await self._wait_listening(30.0)
+        except DeployFailed:
+            return  # The exit watcher schedules the next attempt (or it is still starting).
+        if not self._stopping and self.proc is not None and self.proc.poll() is None:
+            self.state = "running"  # Serving again; `restarts` and the log keep the history.
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def base_env(ctx_env: dict[str, str], *, data_dir: Path, port: int, path_dirs: list[Path] = ()) -> dict[str, str]:  # type: ignore[assignment]
+    """The whole environment of a project process: nothing inherited from the daemon."""
+    path = ":".join([*(str(p) for p in path_dirs), MINIMAL_PATH])
+    env = dict(ctx_env)
+    env.update(
+        {
+            "DATA_DIR": str(data_dir),
+            "HOME": str(data_dir),
+            "PORT": str(port),
+            "HOST": "127.0.0.1",
+            "PATH": path,
+            "LANG": "C.UTF-8",
+            "TMPDIR": "/tmp",
+            "TEE_ENV_KEYS": ",".join(ctx_env),
+        }
+    )
+    return env
+
+
+def start_process(
+    ctx,  # StartContext
+    *,
+    argv: list[str],
+    cwd: Path,
+    read_only: list[Path] = (),  # type: ignore[assignment]
+    extra_env: dict[str, str] | None = None,
+    path_dirs: list[Path] = (),  # type: ignore[assignment]
+    facts: dict[str, Any] | None = None,
+) -> ProcessInstance:
+    """Start one version of a project as a supervised, sandboxed process on loopback.
+
+    The sandbox exposes the version's tree and build folder and the runtime folders in
+    `read_only` read-only, and the project's data dir read-write; nothing else.
+    """
+    port = free_port()
+    env = base_env(ctx.env, data_dir=ctx.data_dir, port=port, path_dirs=list(path_dirs))
+    env.update(extra_env or {})
+    if bwrap() is None:
+        # No private /tmp without a sandbox: give the project its own.
+        tmp = ctx.run_dir / "tmp"
+        tmp.mkdir(mode=0o700, exist_ok=True)
+        env["TMPDIR"] = str(tmp)
+    try:
+        return ProcessInstance(
+            label=f"{ctx.project} v{ctx.version} ({ctx.runtime})",
+            argv=argv,
+            env=env,
+            cwd=cwd,
+            log_path=ctx.log_path,
+            port=port,
+            read_only=[ctx.tree, ctx.build_dir, *read_only],
+            read_write=[ctx.data_dir],
+            facts=facts,
+        )
+    except BaseException:
+        _handed_out.discard(port)
+        raise
