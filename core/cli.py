@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     from . import client
 
     client.add_commands(commands)
+
+    from . import verify
+
+    verify.add_command(commands)
     return parser
 
 
