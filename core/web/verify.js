@@ -378,14 +378,14 @@
     const passed = results.filter((r) => r.status === "pass");
     const warned = results.filter((r) => r.status === "warn");
     const verdict = document.getElementById("verdict");
-    verdict.className = "verdict " + (failed.length ? "fail" : "pass");
+    verdict.className = "verdict " + (failed.length ? "fail" : warned.length ? "warn" : "pass");
     verdict.dataset.result = failed.length ? "fail" : "pass";
     verdict.replaceChildren(
-      el("span", { class: "big", "aria-hidden": "true" }, failed.length ? "\u2716" : "\u2714"),
+      el("span", { class: "big", "aria-hidden": "true" }, failed.length ? "\u2716" : warned.length ? "\u26A0" : "\u2714"),
       el("div", {},
         el("h2", {}, failed.length
           ? `${failed.length} check${failed.length > 1 ? "s" : ""} failed`
-          : `All ${passed.length} browser checks passed`),
+          : `All ${passed.length} browser checks passed` + (warned.length ? ", on a simulated TEE" : "")),
         el("p", {}, failed.length
           ? "Do not rely on this project's attestation: the failing checks are marked below."
           : (warned.length ? "But the TEE is not real hardware (see the warning). " : "") +
