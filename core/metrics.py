@@ -129,28 +129,40 @@ class Metrics:
                 f'tee_daemon_deploys_total{{project="{_label(name)}",action="{_label(action)}",result="{result}"}} {n}'
             )
 
-        family("tee_daemon_restarts_total", "counter", "Restarts of crashed project processes.")
-        for name, n in sorted(self.restarts.items()):
+        facts = {name: _facts(route.instance) for name, route in (routes or {}).items()}
+        restarts = dict(self.restarts)
+        for name, f in facts.items():
+            if isinstance(f.get("restarts"), int):
+                restarts[name] = restarts.get(name, 0) + f["restarts"]
+        family(
+            "tee_daemon_restarts_total",
+            "counter",
+            "Restarts of crashed project processes (the serving version's count; resets on a new version).",
+        )
+        for name, n in sorted(restarts.items()):
             out.append(f'tee_daemon_restarts_total{{project="{_label(name)}"}} {n}')
 
         if routes is not None:
-            family("tee_daemon_project_up", "gauge", "1 for each project with a serving version.")
-            family_lines_version = []
-            memory = []
-            active = []
+            up, versions, active, memory = [], [], [], []
             for name, route in sorted(routes.items()):
                 label = _label(name)
-                out.append(f'tee_daemon_project_up{{project="{label}",runtime="{_label(route.runtime)}"}} 1')
-                family_lines_version.append(f'tee_daemon_project_version{{project="{label}"}} {route.version}')
+                up.append(f'tee_daemon_project_up{{project="{label}",runtime="{_label(route.runtime)}"}} 1')
+                versions.append(f'tee_daemon_project_version{{project="{label}"}} {route.version}')
                 active.append(f'tee_daemon_project_active_requests{{project="{label}"}} {route.active}')
-                rss = instance_rss(route.instance)
+                rss = facts_rss(facts[name])
                 if rss is not None:
                     memory.append(f'tee_daemon_project_memory_rss_bytes{{project="{label}"}} {rss}')
+            family("tee_daemon_project_up", "gauge", "1 for each project with a serving version.")
+            out.extend(up)
             family("tee_daemon_project_version", "gauge", "The version number that serves.")
-            out.extend(family_lines_version)
+            out.extend(versions)
             family("tee_daemon_project_active_requests", "gauge", "Requests in flight.")
             out.extend(active)
-            family("tee_daemon_project_memory_rss_bytes", "gauge", "Resident memory of the project's processes, where the runtime reports them.")
+            family(
+                "tee_daemon_project_memory_rss_bytes",
+                "gauge",
+                "Resident memory of the project's processes (with their children), where the runtime reports them.",
+            )
             out.extend(memory)
 
         family("tee_daemon_process_memory_rss_bytes", "gauge", "Resident memory of the daemon process itself.")
@@ -167,16 +179,24 @@ def _label(value: str) -> str:
 # -- process memory ------------------------------------------------------------------
 
 
+def _facts(instance: Any) -> dict[str, Any]:
+    try:
+        facts = instance.describe()
+    except Exception:
+        return {}
+    return facts if isinstance(facts, dict) else {}
+
+
 def instance_rss(instance: Any) -> int | None:
+    return facts_rss(_facts(instance))
+
+
+def facts_rss(facts: dict[str, Any]) -> int | None:
     """RSS in bytes of what `Instance.describe()` names: `rss_bytes`, or `pid`/`pids`
     (each with its descendants). None when the runtime reports neither."""
-    try:
-        facts = instance.describe() or {}
-    except Exception:
-        return None
     if isinstance(facts.get("rss_bytes"), int):
         return facts["rss_bytes"]
-    pids = list(facts.get("pids") or [])
+    pids = [p for p in facts.get("pids") or [] if isinstance(p, int)]
     if isinstance(facts.get("pid"), int):
         pids.append(facts["pid"])
     if not pids:

@@ -105,3 +105,14 @@ def test_rss_of_a_reported_pid():
 
     assert instance_rss(Fake()) > 1_000_000
     assert instance_rss(Silent()) is None
+
+
+def test_memory_of_a_process_runtime(daemon, name):
+    app = "async def handle(method, path, headers, body, env):\n    return 200, {'content-type': 'text/plain'}, b'hi'\n"
+    r = daemon.deploy_files(name, {"app.py": app})
+    assert r.status_code == 201, r.text
+    assert daemon.get(f"/{name}/").text == "hi"
+    m = parse(daemon.get("/_api/metrics", admin=True).text)
+    assert m[f'tee_daemon_project_memory_rss_bytes{{project="{name}"}}'] > 1_000_000
+    assert m[f'tee_daemon_restarts_total{{project="{name}"}}'] == 0
+    assert m[f'tee_daemon_project_up{{project="{name}",runtime="python"}}'] == 1
