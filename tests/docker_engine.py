@@ -116,6 +116,104 @@ def _bridge_delete(bridge: str) -> None:
     _run(["ip", "link", "del", bridge], check=False)
 
 
+def _cgroup_dirs(parent: str) -> list[Path]:
+    """Every cgroup directory named ``parent`` (v1: one per controller; v2: one)."""
+    root = Path("/sys/fs/cgroup")
+    dirs = [root / parent] + [c / parent for c in root.iterdir() if c.is_dir()] if root.is_dir() else []
+    return [d for d in dirs if d.is_dir()]
+
+
+def _kill_cgroup_tree(parent: str) -> None:
+    """SIGKILL everything in the engine's cgroup parent (containers outliving a killed
+    dockerd) and remove the empty cgroup directories."""
+    for _ in range(3):
+        pids = set()
+        for d in _cgroup_dirs(parent):
+            for procs in d.rglob("cgroup.procs"):
+                with contextlib.suppress(OSError):
+                    pids.update(int(x) for x in procs.read_text().split())
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+    for d in _cgroup_dirs(parent):
+        for sub in sorted((x for x in d.rglob("*") if x.is_dir()), key=lambda x: len(str(x)), reverse=True):
+            with contextlib.suppress(OSError):
+                sub.rmdir()
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def _kill_by_cmdline(needle: str) -> None:
+    """SIGKILL the processes a previous (killed) engine of this slot left: dockerd, its
+    containerd and shims all carry the engine's private run dir on their command line."""
+    victims = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if needle in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                victims.append(int(proc.name))
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(p) for p in victims):
+        time.sleep(0.05)
+
+
+def _pool_bridges(pool: str) -> list[str]:
+    """Linux bridges whose IPv4 address lies in the engine's pool (user-defined networks)."""
+    net = ipaddress.ip_network(pool)
+    out = _run(["ip", "-4", "-o", "addr", "show"], check=False).stdout
+    names = []
+    for line in out.splitlines():
+        parts = line.split()
+        name = parts[1] if len(parts) > 1 else ""
+        if not (name.startswith("br-") or name.startswith("teedk")):
+            continue  # never touch an interface that is not a docker/engine bridge
+        if "inet" in parts and ipaddress.ip_interface(parts[parts.index("inet") + 1]).ip in net:
+            names.append(name)
+    return names
+
+
+def _reclaim_slot(k: int) -> None:
+    """Clean up after an engine of slot ``k`` whose owner died without tearing it down."""
+    state = LOCK_DIR / f"slot-{k}.json"
+    if state.is_file():
+        with contextlib.suppress(Exception):
+            st = json.loads(state.read_text())
+            sock = Path(st["run_dir"]) / "docker.sock"
+            if _alive(int(st["pid"])) and sock.exists():
+                # dockerd still answers: let it remove its containers and networks itself.
+                _remove_all_containers(f"unix://{sock}", timeout=10)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(st["pid"]), signal.SIGTERM)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and _alive(int(st["pid"])):
+                    time.sleep(0.05)
+            _kill_by_cmdline(st["run_dir"])
+            for base in (st["data_root"], st["run_dir"]):
+                for mp in _mounts_under(Path(base)):
+                    _run(["umount", "-l", mp], check=False)
+            shutil.rmtree(st["run_dir"], ignore_errors=True)
+        state.unlink(missing_ok=True)
+    _kill_cgroup_tree(f"teedk{k}")
+    for br in {f"teedk{k}", *_pool_bridges(f"10.{200 + k}.0.0/16")}:
+        _iptables_purge(br)
+        _bridge_delete(br)
+
+
 @contextlib.contextmanager
 def _slot() -> Iterator[int]:
     """Hold an exclusive per-slot lock for the engine's lifetime."""
@@ -129,12 +227,10 @@ def _slot() -> Iterator[int]:
             f.close()
             continue
         net = ipaddress.ip_network(f"10.{200 + k}.0.0/16")
-        bridge = f"teedk{k}"
-        # Stale bridge from a killed run of ours: we hold its lock now, so reclaim it.
-        stale = Path(f"/sys/class/net/{bridge}").exists()
-        if stale:
-            _iptables_purge(bridge)
-            _bridge_delete(bridge)
+        # Leftovers of a killed run of ours: we hold its lock now, so reclaim them.
+        if ((LOCK_DIR / f"slot-{k}.json").exists() or Path(f"/sys/class/net/teedk{k}").exists()
+                or _pool_bridges(str(net))):
+            _reclaim_slot(k)
             used = _used_networks()
         if any(net.overlaps(u) for u in used):
             f.close()
@@ -218,6 +314,7 @@ def _start_dockerd(
         f"--bridge={bridge}",
         f"--storage-driver={storage_driver}",
         f"--iptables={'true' if iptables else 'false'}",
+        f"--cgroup-parent={bridge}",
         "--ip-masq=false",
         "--ip-forward=false",
         "--userland-proxy=true",
@@ -327,29 +424,49 @@ def docker_engine(
                     break
             if proc is None:
                 raise DockerEngineError("\n".join(errors))
+            (LOCK_DIR / f"slot-{k}.json").write_text(json.dumps(
+                {"pid": proc.pid, "run_dir": str(run_dir), "data_root": str(data_root),
+                 "bridges": [bridge]}))
             (tmp_root / "dockerd.mode").write_text(
                 f"host={host}\nbridge={bridge} {gw}\npool={pool}\nlog={log}\n")
             yield host
         finally:
+            extra_bridges: list[str] = []
             if proc is not None:
-                _remove_all_containers(host)
+                extra_bridges = _remove_all_containers(host)
                 _stop_process(proc)
             for mp in _mounts_under(data_root) + _mounts_under(run_dir):
                 _run(["umount", "-l", mp], check=False)
-            _iptables_purge(bridge)
-            _bridge_delete(bridge)
+            for br in {bridge, *extra_bridges, *_pool_bridges(pool)}:
+                _iptables_purge(br)
+                if Path(f"/sys/class/net/{br}").exists():
+                    _bridge_delete(br)
+            _kill_cgroup_tree(bridge)
             shutil.rmtree(run_dir, ignore_errors=True)
+            (LOCK_DIR / f"slot-{k}.json").unlink(missing_ok=True)
 
 
-def _remove_all_containers(host: str) -> None:
+def _remove_all_containers(host: str, timeout: int = 30) -> list[str]:
+    """Remove every container and user-defined network (dockerd leaves their br-* bridges
+    and iptables rules on the host otherwise). Returns the Linux bridge names of those
+    networks so the caller can make sure they are gone after dockerd stopped."""
+    bridges: list[str] = []
     with contextlib.suppress(Exception):
         import docker
 
-        client = docker.DockerClient(base_url=host, timeout=30)
+        client = docker.DockerClient(base_url=host, timeout=timeout)
         for c in client.containers.list(all=True):
             with contextlib.suppress(Exception):
                 c.remove(force=True)
+        for n in client.networks.list():
+            if n.name in ("bridge", "host", "none") or n.attrs.get("Driver") != "bridge":
+                continue
+            opts = n.attrs.get("Options") or {}
+            bridges.append(opts.get("com.docker.network.bridge.name") or f"br-{n.id[:12]}")
+            with contextlib.suppress(Exception):
+                n.remove()
         client.close()
+    return bridges
 
 
 # --------------------------------------------------------------------------------------------
@@ -567,12 +684,14 @@ def _require_local(client: Any, image: str) -> None:
 def run_container(client: Any, image: str, command: Any = None, **kwargs: Any) -> Any:
     """Like ``client.containers.run`` but never pulls (docker-py's run pulls on ImageNotFound).
 
-    Detached (``detach=True``) returns the Container; otherwise waits, returns its stdout
+    Detached (``detach=True``) returns the Container; otherwise waits (``wait_timeout`` s,
+    default 120), returns its stdout
     bytes, removes it, and raises ``docker.errors.ContainerError`` on a non-zero exit.
     """
     import docker
 
     _require_local(client, image)
+    wait_timeout = kwargs.pop("wait_timeout", 120)
     detach = kwargs.pop("detach", False)
     remove = kwargs.pop("remove", not detach)
     container = client.containers.create(image, command, **kwargs)
@@ -580,7 +699,7 @@ def run_container(client: Any, image: str, command: Any = None, **kwargs: Any) -
         container.start()
         if detach:
             return container
-        status = container.wait(timeout=kwargs.get("timeout", 120))["StatusCode"]
+        status = container.wait(timeout=wait_timeout)["StatusCode"]
         out = container.logs(stdout=True, stderr=False)
         if status != 0:
             err = container.logs(stdout=False, stderr=True)
