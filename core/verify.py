@@ -257,7 +257,7 @@ def check_whole_log(name: str, bundle: dict[str, Any], get: Getter) -> Check:
     size = cp.get("size")
     if not isinstance(size, int) or size > MAX_LOG_FETCH:
         return Check("log completeness", False, f"log size {size!r} not checked")
-    tree, mine = MerkleTree(), []
+    tree, mine = MerkleTree(), {}
     try:
         while len(tree) < size:
             page = get("/_api/log/entries", {"start": len(tree), "end": size})["entries"]
@@ -269,17 +269,20 @@ def check_whole_log(name: str, bundle: dict[str, Any], get: Getter) -> Check:
                     return Check("log completeness", False, f"entries out of order at {len(tree)}")
                 tree.append(leaf_hash(leaf.encode("utf-8")))
                 if json.loads(leaf).get("project") == name:
-                    mine.append(e["index"])
+                    mine[e["index"]] = leaf
     except (FetchError, KeyError, TypeError, ValueError) as exc:
         return Check("log completeness", False, f"could not read the log: {exc}")
     root_ok = tree.root(size).hex() == cp.get("root")
-    listed = [e.get("index") for e in audit.get("entries") or []]
+    listed = {e.get("index"): e.get("leaf") for e in audit.get("entries") or []}
     ok = root_ok and listed == mine
     detail = f"{size} entries re-hashed to the checkpoint root; {len(mine)} for {name}, all in the audit"
     if not root_ok:
         detail = f"the {size} served entries hash to {tree.root(size).hex()}, not the checkpoint root {cp.get('root')}"
+    elif sorted(listed) != sorted(mine):
+        detail = f"the log has entries {sorted(mine)} for {name}, the audit lists {sorted(listed)}"
     elif listed != mine:
-        detail = f"the log has entries {mine} for {name}, the audit lists {listed}"
+        changed = sorted(i for i in mine if listed.get(i) != mine[i])
+        detail = f"the audit's leaves {changed} differ from the log's"
     return Check("log completeness", ok, detail)
 
 
