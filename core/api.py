@@ -216,6 +216,25 @@ async def _read_multipart(request: Request, limit: int) -> tuple[DeployRequest, 
     return deploy_request, files.file  # type: ignore[return-value]
 
 
+@get("/_api/projects/{name:str}/logs", guards=[admin_guard])
+async def project_logs(request: Request, name: str, follow: bool = False, lines: int | None = None) -> Any:
+    """The project's stdout/stderr; `?follow=1` keeps streaming new output."""
+    from litestar.response import Stream
+
+    from . import logs
+
+    daemon = daemon_of(request)
+    if name not in daemon.deployer.projects:  # type: ignore[union-attr]
+        raise NotFound(f"no project named {name!r}")
+    if lines is not None and lines < 0:
+        raise UserError("'lines' must be zero or more")
+    folder = daemon.store.logs_dir(name)
+    headers = {"cache-control": "no-cache", "x-content-type-options": "nosniff"}
+    if follow:
+        return Stream(logs.follow(folder, lines), media_type="text/plain; charset=utf-8", headers=headers)
+    return Response(logs.read(folder, lines), media_type="text/plain; charset=utf-8", headers=headers)
+
+
 ROUTES = [
     health,
     substrate,
@@ -227,4 +246,5 @@ ROUTES = [
     rollback,
     delete_project,
     metrics,
+    project_logs,
 ]

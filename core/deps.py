@@ -35,6 +35,34 @@ COMPLETE = ".complete"
 NPM_LOCKFILES = ("package-lock.json", "npm-shrinkwrap.json")
 
 
+# Operator network settings a package install may need (proxies, extra CA bundles,
+# package indexes and mirrors). They go to build steps only, never to a project, and
+# nothing else of the daemon's environment does (above all no TEE_DAEMON_* value).
+NETWORK_ENV = tuple(
+    [v for p in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY") for v in (p, p.lower())]
+    + ["SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"]
+    + ["PIP_CERT", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_TRUSTED_HOST"]
+    + ["PIP_DEFAULT_TIMEOUT", "PIP_NO_INDEX"]
+    + [v for p in ("NPM_CONFIG_REGISTRY", "NPM_CONFIG_CAFILE", "NPM_CONFIG_STRICT_SSL") for v in (p, p.lower())]
+    + ["DENO_CERT", "DENO_TLS_CA_STORE"]
+)
+
+
+def network_env() -> dict[str, str]:
+    return {k: v for k in NETWORK_ENV if (v := os.environ.get(k)) and not k.startswith("TEE_DAEMON_")}
+
+
+def network_paths(env: dict[str, str]) -> list[Path]:
+    """Local files and folders named by the network settings (CA bundles, wheel dirs)."""
+    paths = []
+    for value in env.values():
+        for token in value.replace(",", " ").split():
+            token = token.removeprefix("file://")
+            if token.startswith("/") and os.path.exists(token):
+                paths.append(Path(token))
+    return paths
+
+
 def build_log(log_path: Path | None, message: str) -> None:
     if log_path is None:
         return
@@ -56,6 +84,9 @@ def run_step(
     timeout: float = INSTALL_TIMEOUT,
 ) -> None:
     """Run one build command in the sandbox; DeployFailed with its output when it fails."""
+    net = network_env()
+    env = {**net, **env}
+    read_only = [*read_only, *network_paths(net)]
     full = sandbox_argv(argv, read_only=read_only, read_write=read_write, cwd=cwd)
     log_path = log_path or cwd / ".build.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -85,9 +85,16 @@ def _deno_dir(cache_dir: Path) -> Path:
 
 
 def _lock_flags(tree: Path) -> list[str]:
-    # The deployed tree is immutable (its hash is published): never let deno write a
-    # lockfile into it; respect one that ships with the project.
-    return ["--frozen"] if (tree / "deno.lock").is_file() else ["--no-lock"]
+    """The project's deno.json (explicit: main.ts lives outside the tree) and lockfile.
+
+    The deployed tree is immutable (its hash is published): never let deno write a
+    lockfile into it; respect one that ships with the project.
+    """
+    flags = []
+    config = next((tree / n for n in DENO_CONFIGS if (tree / n).is_file()), None)
+    flags += ["--config", str(config)] if config else ["--no-config"]
+    flags += ["--frozen"] if (tree / "deno.lock").is_file() else ["--no-lock"]
+    return flags
 
 
 @hookimpl
