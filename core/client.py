@@ -30,7 +30,8 @@ from .settings import load_settings
 EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_AUTH = 1, 2, 3
 DEPLOY_TIMEOUT = 900.0  # a deploy answers once the new version serves: builds take time
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output is never wrapped or truncated: tables stay one line per project.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 100_000)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

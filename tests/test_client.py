@@ -122,7 +122,7 @@ def test_deploy_from_git_then_redeploy_rollback_promote_ls_rm(daemon, name, tmp_
     again = run(daemon, "promote", name)
     assert again.returncode == 1 and "already attested" in again.stderr
 
-    table = ok(run(daemon, "ls", env={"COLUMNS": "200"}))
+    table = ok(run(daemon, "ls"))
     header = table.splitlines()[0].split()
     assert header[:4] == ["NAME", "MODE", "RUNTIME", "VERSION"]
     row = next(line for line in table.splitlines() if line.startswith(name + " "))
