@@ -64,6 +64,11 @@ class Watched:
         ARTIFACTS.mkdir(exist_ok=True)
         self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
+    def fits(self) -> None:
+        """Nothing sticks out sideways (the page is usable on a phone)."""
+        width = self.page.viewport_size["width"]
+        assert self.page.evaluate("document.documentElement.scrollWidth") <= width
+
     def clean(self) -> None:
         assert self.dialogs == [], f"a dialog fired: {self.dialogs}"
         assert self.errors == [], self.errors
@@ -127,6 +132,7 @@ def test_viewer_lists_attested_projects_with_hostile_values_as_text(daemon, cont
     w.shot("viewer-desktop")
     w.page.set_viewport_size({"width": 390, "height": 844})
     w.shot("viewer-mobile")
+    w.fits()
     w.clean()
 
     # The app link works.
@@ -184,6 +190,7 @@ def test_verification_page_passes_on_a_good_project(daemon, context, name):
     w.shot("verification-pass")
     w.page.set_viewport_size({"width": 390, "height": 844})
     w.shot("verification-mobile")
+    w.fits()
     w.clean()
 
 
