@@ -220,7 +220,8 @@ class Journal:
         size = self.log.size
         if not 0 <= m <= n <= size:
             raise UserError(f"need 0 <= from <= to <= {size} (the log size); got from={m}, to={n}")
-        return {"from": m, "to": n, "proof": [h.hex() for h in self.log.consistency_proof(m, n)]}
+        proof = [h.hex() for h in self.log.consistency_proof(m, n)]
+        return {"from": m, "to": n, "proof": proof, "tee": self.tee_mode}
 
     def entries(self, start: int, end: int | None) -> dict[str, Any]:
         # Served even from a damaged log: what parsed is what auditors need to see.
@@ -232,6 +233,7 @@ class Journal:
         answer: dict[str, Any] = {
             "entries": [{"index": e.index, "leaf": e.leaf} for e in self.log.entries(start, end)],
             "size": size,
+            "tee": self.tee_mode,
         }
         if self.damaged:
             answer["damaged"] = self.damaged

@@ -213,6 +213,8 @@ def test_verification_bundle_and_tee_everywhere(daemon, name):
     assert daemon.get(f"/_api/attest/{name}").json()["tee"] == "simulated"
     assert daemon.get(f"/_api/projects/{name}/audit").json()["tee"] == "simulated"
     assert daemon.get("/_api/log/checkpoint").json()["tee"] == "simulated"
+    assert daemon.get("/_api/log/entries").json()["tee"] == "simulated"
+    assert daemon.get("/_api/log/consistency?from=0").json()["tee"] == "simulated"
     html = daemon.get(f"/_api/verification/{name}", headers={"accept": "text/html"})
     assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
 
