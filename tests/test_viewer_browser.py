@@ -19,9 +19,10 @@ ARTIFACTS = REPO / "test-artifacts"
 HOSTILE = "<img src=x onerror=alert(1)>"
 SITE = {"index.html": "<!doctype html><h1>hello</h1>"}
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: run scripts/setup-system.sh"
-)
+# Never skipped: `make test` installs Chromium (scripts/setup-system.sh), so a missing
+# browser is a broken setup and must fail loudly.
+if not Path(CHROMIUM).exists():
+    raise RuntimeError(f"{CHROMIUM} missing: run scripts/setup-system.sh")
 
 
 @pytest.fixture(scope="module")
