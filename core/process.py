@@ -262,14 +262,16 @@ def _ensure_rotator() -> None:
 # -- the process ---------------------------------------------------------------------------
 
 _PR_SET_PDEATHSIG = 1
+try:  # Resolved here, in the parent: the child between fork and exec only calls it.
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    _prctl = None
 
 
 def _die_with_daemon() -> None:  # pragma: no cover - runs in the child
     """In the child before exec: get SIGKILL when the daemon dies (no orphans)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except Exception:
-        pass
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class ProcessInstance(Instance):
@@ -407,7 +409,14 @@ class ProcessInstance(Instance):
             self._task.cancel()
         proc = self.proc
         if proc is not None and proc.poll() is None:
-            _signal_group(proc, signal.SIGTERM)
+            if self.sandboxed:
+                # Ask the program itself (bwrap's grandchild) to end: bwrap's init and
+                # then bwrap exit after it and are reaped in order. Killing bwrap first
+                # would orphan its init into a zombie nobody reaps.
+                for pid in _children(_children([proc.pid])) or [proc.pid]:
+                    _signal_pid(pid, signal.SIGTERM)
+            else:
+                _signal_group(proc, signal.SIGTERM)
             deadline = time.monotonic() + STOP_GRACE
             while proc.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
@@ -483,6 +492,24 @@ class ProcessInstance(Instance):
             return  # The exit watcher schedules the next attempt (or it is still starting).
         if not self._stopping and self.proc is not None and self.proc.poll() is None:
             self.state = "running"  # Serving again; `restarts` and the log keep the history.
+
+
+def _children(pids: list[int]) -> list[int]:
+    found: list[int] = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as fh:
+                found += [int(c) for c in fh.read().split()]
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -1,0 +1,154 @@
+"""`ProcessInstance` on its own: environment, readiness, crash restarts, stop, log rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tee_daemon import process
+from tee_daemon.errors import DeployFailed
+
+SERVER = """
+import os, socket, sys, time, json
+print("env:" + json.dumps(sorted(os.environ)), flush=True)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["PORT"]))); s.listen()
+life = float(os.environ.get("LIFE", "0"))
+if life:
+    time.sleep(life); print("dying now", flush=True); sys.exit(7)
+time.sleep(3600)
+"""
+
+
+def make(tmp_path: Path, code: str = SERVER, **env) -> process.ProcessInstance:
+    port = process.free_port()
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    full_env = process.base_env({"APP": "1", **env}, data_dir=data, port=port)
+    return process.ProcessInstance(
+        label="test",
+        argv=[sys.executable, "-c", code],
+        env=full_env,
+        cwd=tmp_path,
+        log_path=tmp_path / "logs" / "app.log",
+        port=port,
+        read_only=process.python_roots(),
+        read_write=[data],
+    )
+
+
+def test_environment_is_only_what_is_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEE_DAEMON_TOKEN", "must-not-leak")
+
+    async def main():
+        inst = make(tmp_path)
+        try:
+            await inst.ready(20)
+            assert inst.describe()["state"] == "running"
+        finally:
+            await inst.stop()
+        return inst
+
+    inst = asyncio.run(main())
+    log = (tmp_path / "logs" / "app.log").read_text()
+    names = set(eval(log.split("env:", 1)[1].splitlines()[0]))
+    assert "TEE_DAEMON_TOKEN" not in names
+    assert {"APP", "DATA_DIR", "HOME", "PORT", "PATH"} <= names
+    assert inst.proc.poll() is not None
+
+
+def test_exit_before_listening_is_a_deploy_failure_with_the_log(tmp_path):
+    async def main():
+        inst = make(tmp_path, "import sys; print('cannot start: missing thing'); sys.exit(4)")
+        try:
+            with pytest.raises(DeployFailed) as info:
+                await inst.ready(20)
+        finally:
+            await inst.stop()
+        return info.value
+
+    err = asyncio.run(main())
+    assert "exit code 4" in err.detail and "cannot start: missing thing" in err.detail
+    assert "cannot start" in err.extra["log"]
+
+
+def test_not_listening_in_time(tmp_path):
+    async def main():
+        inst = make(tmp_path, "import time; time.sleep(60)")
+        try:
+            with pytest.raises(DeployFailed, match="was not listening"):
+                await inst.ready(0.5)
+        finally:
+            await inst.stop()
+        assert inst.proc.poll() is not None
+
+    asyncio.run(main())
+
+
+def test_crash_restarts_with_backoff_and_reports_a_loop(tmp_path, monkeypatch):
+    monkeypatch.setattr(process, "BACKOFF_FIRST", 0.05)
+    monkeypatch.setattr(process, "CRASH_LOOP_AFTER", 3)
+
+    async def main():
+        inst = make(tmp_path, LIFE="0.3")
+        try:
+            await inst.ready(20)
+            for _ in range(200):
+                if inst.restarts >= 3 and inst.state == "crash-loop":
+                    break
+                await asyncio.sleep(0.05)
+            return inst.describe()
+        finally:
+            await inst.stop()
+
+    facts = asyncio.run(main())
+    assert facts["restarts"] >= 3 and facts["state"] == "crash-loop", facts
+    assert facts["last_exit"] == "exit code 7"
+    log = (tmp_path / "logs" / "app.log").read_text()
+    assert "restarting in 0.1s" in log and "crash loop" in log
+
+
+def test_stop_kills_the_whole_group(tmp_path):
+    code = SERVER.replace("time.sleep(3600)", "import subprocess; subprocess.Popen(['sleep', '300']); time.sleep(3600)")
+
+    async def main():
+        inst = make(tmp_path, code)
+        await inst.ready(20)
+        pgid = os.getpgid(inst.proc.pid)
+        await inst.stop()
+        await inst.stop()  # Idempotent.
+        return pgid
+
+    pgid = asyncio.run(main())
+    assert live_members(pgid) == []
+
+
+def live_members(pgid: int) -> list[int]:
+    """Processes of a group that are still running (zombies wait for init to reap them)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def test_rotation(tmp_path):
+    log = tmp_path / "app.log"
+    for i in range(5):
+        log.write_bytes(bytes([65 + i]) * 100)
+        assert process.rotate(log, max_bytes=50, keep=3)
+    assert log.read_bytes() == b""
+    assert (tmp_path / "app.log.1").read_bytes() == b"E" * 100
+    assert (tmp_path / "app.log.2").read_bytes() == b"D" * 100
+    assert not (tmp_path / "app.log.3").exists()
+    assert process.log_files(log) == [tmp_path / "app.log.2", tmp_path / "app.log.1", log]
