@@ -34,7 +34,11 @@ class Daemon:
         self.journal: Journal | None = None
 
     def attach(self, api: ASGIApp) -> Ingress:
-        self.ingress = Ingress(api)
+        from . import proxy
+        from .accesslog import AccessLog
+
+        proxy.configure(self.settings.max_request_body)
+        self.ingress = Ingress(api, access_log=AccessLog(self.settings.data_dir / "logs" / "access.log"))
         self.deployer = Deployer(self.settings, self.store, self.registry, self.ingress)
         return self.ingress
 
@@ -66,6 +70,8 @@ class Daemon:
     async def stop(self) -> None:
         if self.deployer is not None:
             await self.deployer.shutdown()
+        if self.ingress is not None:
+            self.ingress.close()
         if self.tee is not None:
             self.tee.close()
             self.tee = None

@@ -41,6 +41,7 @@ class Metrics:
         self.unrouted = 0  # requests for names no project has
         self.deploys: dict[tuple[str, str, str], int] = {}  # (project, action, result)
         self.restarts: dict[str, int] = {}
+        self.access_log: Any = None  # an accesslog.AccessLog, attached by the daemon
 
     # -- the hot path --------------------------------------------------------------
 
@@ -51,18 +52,26 @@ class Metrics:
         return stats
 
     async def serve(self, app: ASGIApp, name: str, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run `app` for one request of project `name`, counting status and latency."""
+        """Run `app` for one request of project `name`, counting status and latency,
+        and writing its access log line when an access log is attached."""
+        access_log = self.access_log
         if scope["type"] != "http":
             self.stats(name).websockets += 1
-            await app(scope, receive, send)
+            start = time.perf_counter()
+            try:
+                await app(scope, receive, send)
+            finally:
+                if access_log is not None:
+                    access_log.record(name, "WS", _target(scope), 101, time.perf_counter() - start)
             return
         status = 0
 
-        async def metered(message: Any) -> None:
+        def metered(message: Any) -> Any:
+            # A plain function handing back the server's awaitable: no extra coroutine.
             nonlocal status
             if not status and message["type"] == "http.response.start":
                 status = message["status"]
-            await send(message)
+            return send(message)
 
         start = time.perf_counter()
         try:
@@ -74,6 +83,8 @@ class Metrics:
             stats.buckets[bisect_left(BUCKETS, elapsed)] += 1
             stats.latency_sum += elapsed
             stats.count += 1
+            if access_log is not None:
+                access_log.record(name, scope["method"], _target(scope), status, elapsed)
 
     # -- the admin side ------------------------------------------------------------
 
@@ -232,3 +243,10 @@ def process_rss(pid: int, children: bool = True) -> int | None:
             return int(f.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _target(scope: Scope) -> bytes:
+    """The request target below `/<name>` as received (percent-encoded), with the query."""
+    raw = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
+    query = scope.get("query_string")
+    return raw + b"?" + query if query else raw

@@ -129,6 +129,9 @@ class _Conn(asyncio.Protocol):
         "write_paused",
         "idle_since",
         "reused",
+        "started",
+        "deadline",
+        "timed_out",
     )
 
     def __init__(self) -> None:
@@ -141,6 +144,9 @@ class _Conn(asyncio.Protocol):
         self.write_paused = False
         self.idle_since = 0.0
         self.reused = False
+        self.started = False  # the response head went to the client
+        self.deadline = 0.0  # for the response head, checked by the pool's sweeper
+        self.timed_out = False
 
     # protocol callbacks
     def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -231,23 +237,42 @@ class _Conn(asyncio.Protocol):
 
 
 class _Pool:
-    __slots__ = ("upstream", "idle", "loop")
+    __slots__ = ("upstream", "idle", "waiting", "sweeping")
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
         self.idle: list[_Conn] = []
+        self.waiting: set[_Conn] = set()  # connections awaiting a response head
+        self.sweeping = False
 
-    async def acquire(self) -> _Conn:
+    def take_idle(self, now: float) -> _Conn | None:
         idle = self.idle
-        if idle:
-            now = time.monotonic()
-            while idle:
-                conn = idle.pop()
-                if conn.alive and now - conn.idle_since < IDLE_TTL:
-                    conn.reused = True
-                    return conn
-                conn.close()
-        return await self.connect()
+        while idle:
+            conn = idle.pop()
+            if conn.alive and now - conn.idle_since < IDLE_TTL:
+                conn.reused = True
+                return conn
+            conn.close()
+        return None
+
+    def watch(self, conn: _Conn, now: float) -> None:
+        """Time out the response head without a timer per request: one sweep a second."""
+        conn.deadline = now + HEAD_TIMEOUT
+        self.waiting.add(conn)
+        if not self.sweeping:
+            self.sweeping = True
+            asyncio.get_running_loop().call_later(1.0, self._sweep)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for conn in [c for c in self.waiting if c.deadline < now]:
+            self.waiting.discard(conn)
+            conn.timed_out = True
+            _timeout(conn)
+        if self.waiting:
+            asyncio.get_running_loop().call_later(1.0, self._sweep)
+        else:
+            self.sweeping = False
 
     async def connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
@@ -259,9 +284,9 @@ class _Pool:
         _, conn = await asyncio.wait_for(coro, CONNECT_TIMEOUT)
         return conn
 
-    def release(self, conn: _Conn) -> None:
+    def release(self, conn: _Conn, now: float) -> None:
         if conn.alive and len(self.idle) < MAX_IDLE:
-            conn.idle_since = time.monotonic()
+            conn.idle_since = now
             self.idle.append(conn)
         else:
             conn.close()
@@ -420,15 +445,10 @@ class Proxy:
         self.pool.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self.http(scope, receive, send)
-        elif kind == "websocket":
-            await self.websocket(scope, receive, send)
-
-    # -- HTTP -------------------------------------------------------------------------
-
-    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await self.websocket(scope, receive, send)
+            return
         lines, length, chunked = _forward_headers(scope, _DROP_REQUEST)
         method: str = scope["method"]
         max_body = self.max_body
@@ -466,44 +486,57 @@ class Proxy:
         attempt = 0
         while True:
             attempt += 1
-            try:
-                conn = await self.pool.acquire()
-            except (OSError, asyncio.TimeoutError) as exc:
-                log.debug("upstream %s unreachable: %s", self.upstream, exc)
-                await _json(send, 502, "the project is not reachable (its process is down or starting)")
-                return
-            state = _Upload()
+            pool = self.pool
+            now = time.monotonic()
+            conn = pool.take_idle(now)
+            if conn is None:
+                try:
+                    conn = await pool.connect()
+                except (OSError, asyncio.TimeoutError) as exc:
+                    log.debug("upstream %s unreachable: %s", self.upstream, exc)
+                    await _json(send, 502, "the project is not reachable (its process is down or starting)")
+                    return
+            conn.started = False
+            state = None
             uploader = None
             try:
                 if streaming:
+                    state = _Upload()
                     conn.transport.write(request_head)  # type: ignore[union-attr]
                     uploader = asyncio.ensure_future(_upload(conn, state, first, receive, max_body, upload_chunked))
                 else:
                     conn.transport.write(request_head + first if first else request_head)  # type: ignore[union-attr]
+                pool.watch(conn, now)
                 done = await self._respond(conn, send, head_only, state)
             except _UpstreamError as exc:
+                pool.waiting.discard(conn)
                 if uploader is not None:
                     uploader.cancel()
                 conn.close()
-                if state.too_large:
-                    if not state.started:
+                if state is not None and state.too_large:
+                    if not conn.started:
                         await _json(send, 413, f"request body larger than {max_body} bytes")
                     return
-                if state.client_gone:
+                if state is not None and state.client_gone:
                     return
-                if conn.reused and not state.started and not streaming and attempt == 1:
+                if conn.reused and not conn.started and not streaming and attempt == 1 and not conn.timed_out:
                     continue  # a pooled connection closed under us: once more, fresh
-                if not state.started:
+                if not conn.started:
+                    if conn.timed_out:
+                        await _json(send, 504, "the project did not answer in time")
+                        return
                     log.warning("upstream %s failed: %s", self.upstream, exc)
                     await _json(send, 502, "the project closed the connection without a valid answer")
                     return
                 raise
             except _ClientGone:
+                pool.waiting.discard(conn)
                 if uploader is not None:
                     uploader.cancel()
                 conn.close()
                 return
             except BaseException:
+                pool.waiting.discard(conn)
                 if uploader is not None:
                     uploader.cancel()
                 conn.close()
@@ -515,31 +548,24 @@ class Proxy:
                 elif uploader.cancelled() or uploader.exception() is not None:
                     done = False
             if done:
-                self.pool.release(conn)
+                pool.release(conn, time.monotonic())
             else:
                 conn.close()
             return
 
-    async def _respond(self, conn: _Conn, send: Send, head_only: bool, state: "_Upload") -> bool:
+    async def _respond(self, conn: _Conn, send: Send, head_only: bool, state: "_Upload | None") -> bool:
         """Relay the response; True when the connection may be reused."""
-        loop = asyncio.get_running_loop()
-        timer = None
-        if not conn.buf:
-            timer = loop.call_later(HEAD_TIMEOUT, _timeout, conn)
-        try:
-            while True:
-                head = await _read_head(conn)
-                status, headers, length, chunked, keep_alive = _parse_head(head)
-                if 100 <= status < 200 and status != 101:
-                    continue  # 100 Continue, 103 Early Hints: not relayed
-                break
-        finally:
-            if timer is not None:
-                timer.cancel()
-        if state.too_large:
+        while True:
+            head = await _read_head(conn)
+            status, headers, length, chunked, keep_alive = _parse_head(head)
+            if 100 <= status < 200 and status != 101:
+                continue  # 100 Continue, 103 Early Hints: not relayed
+            break
+        self.pool.waiting.discard(conn)
+        if state is not None and state.too_large:
             raise _UpstreamError("request body too large")
         no_body = head_only or status in (204, 304) or status == 101
-        state.started = True
+        conn.started = True
         start = {"type": "http.response.start", "status": status, "headers": headers}
         try:
             if no_body:
@@ -669,11 +695,10 @@ def _is_disconnect(exc: BaseException) -> bool:
 
 
 class _Upload:
-    __slots__ = ("too_large", "started", "client_gone")
+    __slots__ = ("too_large", "client_gone")
 
     def __init__(self) -> None:
         self.too_large = False
-        self.started = False
         self.client_gone = False
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from .accesslog import AccessLog
 from .metrics import Metrics
 from .runtime import ASGIApp, Instance, Receive, Scope, Send
 
@@ -44,10 +45,16 @@ class Route:
 
 
 class Ingress:
-    def __init__(self, api: ASGIApp) -> None:
+    def __init__(self, api: ASGIApp, access_log: AccessLog | None = None) -> None:
         self.api = api
         self.routes: dict[str, Route] = {}
         self.metrics = Metrics()
+        self.metrics.access_log = access_log  # one line per project request
+
+    def close(self) -> None:
+        """Flush the access log (at shutdown)."""
+        if self.metrics.access_log is not None:
+            self.metrics.access_log.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 
+from pathlib import Path
+
+from tee_daemon.accesslog import AccessLog
 from tee_daemon.proxy import proxy_to
 from tee_daemon.routing import Ingress, Route
 from tee_daemon.runtime import Instance
@@ -33,7 +36,8 @@ async def _api(scope, receive, send):
 
 
 def create_app() -> Ingress:
-    ingress = Ingress(_api)
+    access = os.environ.get("PROXY_ACCESS_LOG")
+    ingress = Ingress(_api, access_log=AccessLog(Path(access)) if access else None)
     max_body = os.environ.get("PROXY_MAX_BODY")
     for item in filter(None, os.environ.get("PROXY_ROUTES", "").split(",")):
         name, _, target = item.partition("=")

@@ -87,6 +87,7 @@ class Stack:
             PYTHONPATH=str(HERE),
             PROXY_ROUTES=f"up=127.0.0.1:{self.up_port},sock={self.sock},down=127.0.0.1:{free_port()}",
             PROXY_MAX_BODY=str(MAX_BODY),
+            PROXY_ACCESS_LOG=str(self.tmp / "access.log"),
         )
         cmd = [
             sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
@@ -311,6 +312,24 @@ def test_websocket_to_unreachable_upstream_is_refused(stack: Stack) -> None:
         assert not head.startswith(b"HTTP/1.1 101")
     finally:
         s.close()
+
+
+def test_access_log_line_per_request(client: httpx.Client, stack: Stack) -> None:
+    client.get("/up/headers?al=1")
+    client.post("/up/upload", content=b"abc")
+    log = stack.tmp / "access.log"
+    deadline = time.monotonic() + 5
+    text = ""
+    while time.monotonic() < deadline:
+        text = log.read_text() if log.exists() else ""
+        if "al=1" in text and "POST /upload" in text:
+            break
+        time.sleep(0.2)
+    line = next(l for l in text.splitlines() if "al=1" in l)
+    stamp, project, method, target, status, duration = line.split(" ")
+    assert (project, method, target, status) == ("up", "GET", "/headers?al=1", "200")
+    assert stamp.endswith("Z") and duration.endswith("ms") and float(duration[:-2]) > 0
+    assert any(l.split(" ")[1:5] == ["up", "POST", "/upload", "200"] for l in text.splitlines())
 
 
 def test_proxy_json_errors_have_no_trace(client: httpx.Client) -> None:
