@@ -27,7 +27,10 @@ runtimes: $(STAMP)
 run: install
 	$(VENV)/bin/tee-daemon serve
 
+# The Docker tests run against a private dockerd with locally built base images (no
+# registry here); building the base rootfs once, outside pytest, keeps tests short.
 test: install
+	$(PY) tests/docker_engine.py --prepare
 	$(PY) -m pytest
 
 bench: install
