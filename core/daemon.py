@@ -34,10 +34,11 @@ class Daemon:
         self.journal: Journal | None = None
 
     def attach(self, api: ASGIApp) -> Ingress:
-        from . import proxy
+        from . import process, proxy
         from .accesslog import AccessLog
 
         proxy.configure(self.settings.max_request_body)
+        process.configure(idle_stop=self.settings.idle_stop, start_timeout=self.settings.start_timeout)
         self.ingress = Ingress(api, access_log=AccessLog(self.settings.data_dir / "logs" / "access.log"))
         self.deployer = Deployer(self.settings, self.store, self.registry, self.ingress)
         return self.ingress

@@ -15,7 +15,13 @@
   or is not listening in time;
 * after it served once, restarts it when it dies, with exponential backoff; a crash
   loop shows in `describe()` (``state: crash-loop``) and as a line in the log;
-* `stop` sends SIGTERM to the process group, then SIGKILL.
+* `stop` sends SIGTERM to the process group, then SIGKILL;
+* scale to zero (`configure(idle_stop=...)` > 0): `forward_app` wraps the proxy in an
+  `IdleGate` that stamps `last_used` and counts requests in flight; one periodic task
+  for all instances stops ("parks") a running instance with nothing in flight and no
+  request for `idle_stop` seconds (``state: idle``, not a crash: no restart), and the
+  next request cold-starts it (`wake`, bounded by the start timeout, one start shared
+  by concurrent requests; a failed start answers 503 and the next request retries).
 
 Logs rotate by copy-and-truncate (the child keeps its O_APPEND descriptor), checked by
 one background task for all instances: ``LOG_MAX_BYTES`` per file, ``LOG_KEEP`` files.
@@ -26,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import functools
+import json
 import os
 import shutil
 import signal
@@ -49,6 +56,17 @@ BACKOFF_MAX = 30.0
 STABLE_AFTER = 20.0  # A process up this long resets the backoff.
 CRASH_LOOP_AFTER = 5  # Consecutive quick crashes before the state says crash-loop.
 MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
+IDLE_CHECK_MAX = 5.0  # The idle sweep runs at least this often (and 4x per idle_stop).
+
+_idle_stop = 0.0  # Seconds without a request before a process is parked; 0 = never.
+_wake_timeout = 30.0  # How long a cold start may take (the daemon's start_timeout).
+
+
+def configure(*, idle_stop: float, start_timeout: float) -> None:
+    """Daemon settings for scale to zero (called once at start-up)."""
+    global _idle_stop, _wake_timeout
+    _idle_stop = max(float(idle_stop), 0.0)
+    _wake_timeout = float(start_timeout)
 
 # -- the sandbox ----------------------------------------------------------------------
 
@@ -308,6 +326,13 @@ class ProcessInstance(Instance):
         self._supervised = False
         self._pidfd: int | None = None
         self._task: asyncio.Task | None = None
+        # Scale to zero: stamped by IdleGate, read by the idle sweep.
+        self.last_used = time.monotonic()
+        self.inflight = 0
+        self.parked = False  # Stopped for idleness; the next request wakes it.
+        self.cold_starts = 0
+        self._parking: asyncio.Task | None = None
+        self._waking: asyncio.Task | None = None
         self.spawn()
 
     # -- spawning -------------------------------------------------------------------
@@ -380,19 +405,26 @@ class ProcessInstance(Instance):
         await self._wait_listening(timeout)
         self.state = "running"
         self._supervised = True
+        self.last_used = time.monotonic()
         _live.add(self)
         _ensure_rotator()
+        if _idle_stop > 0:
+            _idlers.add(self)
+            _ensure_idler()
         self._watch()
 
     async def healthy(self) -> bool:
+        if self.parked:
+            return not self._stopping  # Stopped on purpose; the next request starts it.
         return self.proc is not None and self.proc.poll() is None and self.state == "running"
 
     def describe(self) -> dict[str, Any]:
         return {
-            "pid": self.proc.pid if self.proc else None,
+            "pid": self.proc.pid if self.proc and not self.parked else None,
             "address": f"127.0.0.1:{self.port}",
             "state": self.state,
             "restarts": self.restarts,
+            "cold_starts": self.cold_starts,
             "last_exit": _describe_exit(self.last_exit) if self.last_exit is not None else None,
             "sandbox": "bubblewrap" if self.sandboxed else "none",
             **self.facts,
@@ -404,10 +436,19 @@ class ProcessInstance(Instance):
         self._stopping = True
         self.state = "stopped"
         _live.discard(self)
+        _idlers.discard(self)
         self._unwatch()
         if self._task is not None:
             self._task.cancel()
-        proc = self.proc
+        for task in (self._waking, self._parking):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        await self._terminate(self.proc)
+        _handed_out.discard(self.port)
+
+    async def _terminate(self, proc: subprocess.Popen | None) -> None:
+        """End `proc` and its group: SIGTERM to the program, SIGKILL after the grace."""
         if proc is not None and proc.poll() is None:
             if self.sandboxed:
                 # Ask the program itself (bwrap's grandchild) to end: bwrap's init and
@@ -425,7 +466,77 @@ class ProcessInstance(Instance):
                 await asyncio.to_thread(proc.wait)
         if proc is not None:
             _signal_group(proc, signal.SIGKILL)  # Stragglers of the group.
-        _handed_out.discard(self.port)
+
+    # -- scale to zero ------------------------------------------------------------------
+
+    def park(self) -> None:
+        """Stop the process for idleness (not a crash: the supervisor leaves it down).
+
+        Synchronous up to the flag, so a request arriving afterwards sees `parked`
+        and waits in `wake` for the stop to finish before starting a new process.
+        """
+        if self._stopping or self.parked or self.state != "running" or self.inflight:
+            return
+        self.parked = True
+        self.state = "idle"
+        self._unwatch()  # An exit from here on is ours, not a crash.
+        if self._task is not None:
+            self._task.cancel()
+        log_line(self.log_path, f"{self.label} stopped after {_idle_stop:g}s without requests; "
+                 "the next request starts it again")  # fmt: skip
+        self._parking = asyncio.get_running_loop().create_task(self._terminate(self.proc))
+
+    async def wake(self) -> None:
+        """Cold-start a parked instance; concurrent callers share one start.
+
+        Raises DeployFailed (short message, no log lines) when the start fails; the
+        instance stays parked so the next request tries again.
+        """
+        if not self.parked:
+            return
+        if self._waking is None:
+            self._waking = asyncio.get_running_loop().create_task(self._cold_start())
+        await asyncio.shield(self._waking)
+
+    async def _cold_start(self) -> None:
+        try:
+            if self._parking is not None:
+                await asyncio.gather(self._parking, return_exceptions=True)
+                self._parking = None
+            if self._stopping:
+                raise DeployFailed(f"{self.label} is stopped")
+            spawned = False
+            try:
+                self.spawn()  # On the loop: Popen is quick, and a cancel cannot race it.
+                spawned = True
+                await self._wait_listening(_wake_timeout)
+            except BaseException as exc:
+                self.state = "idle"
+                if spawned:
+                    await asyncio.shield(self._terminate(self.proc))
+                if isinstance(exc, DeployFailed):
+                    log_line(self.log_path, f"cold start failed: {exc}")
+                    self._new_port()  # In case another program took ours meanwhile.
+                    first = str(exc).split(";", 1)[0]
+                    raise DeployFailed(first) from None
+                raise
+            self.parked = False
+            self.state = "running"
+            self.cold_starts += 1
+            self.last_used = time.monotonic()
+            self._watch()
+        finally:
+            self._waking = None
+
+    def _new_port(self) -> None:
+        old = self.port
+        try:
+            self.port = free_port()
+        except DeployFailed:
+            return
+        _handed_out.discard(old)
+        self.env["PORT"] = str(self.port)
+        self.upstream = ("127.0.0.1", self.port)
 
     # -- supervision ------------------------------------------------------------------
 
@@ -492,6 +603,100 @@ class ProcessInstance(Instance):
             return  # The exit watcher schedules the next attempt (or it is still starting).
         if not self._stopping and self.proc is not None and self.proc.poll() is None:
             self.state = "running"  # Serving again; `restarts` and the log keep the history.
+
+
+_idlers: "weakref.WeakSet[ProcessInstance]" = weakref.WeakSet()
+_idler: asyncio.Task | None = None
+
+
+async def _idle_forever() -> None:
+    """One sweep for all instances: park those idle for `_idle_stop` seconds."""
+    while _idle_stop > 0:
+        await asyncio.sleep(min(max(_idle_stop / 4, 0.05), IDLE_CHECK_MAX))
+        horizon = time.monotonic() - _idle_stop
+        for inst in list(_idlers):
+            if inst.state == "running" and not inst.inflight and inst.last_used <= horizon:
+                inst.park()
+
+
+def _ensure_idler() -> None:
+    global _idler
+    if _idler is None or _idler.done():
+        _idler = asyncio.get_running_loop().create_task(_idle_forever())
+
+
+class IdleGate:
+    """The project's ASGI callable when scale to zero is on: the proxy, plus a timestamp,
+    a count of requests in flight and, only when the instance is parked, a cold start."""
+
+    __slots__ = ("instance", "proxy", "upstream")
+
+    def __init__(self, instance: ProcessInstance) -> None:
+        from .proxy import proxy_to
+
+        self.instance = instance
+        self.upstream = instance.upstream
+        self.proxy = proxy_to(instance.upstream)
+
+    async def __call__(self, scope, receive, send) -> None:
+        inst = self.instance
+        inst.last_used = _now()
+        if inst.parked:
+            try:
+                await inst.wake()
+            except DeployFailed as exc:
+                await _unavailable(scope, send, f"project could not be started: {exc}")
+                return
+            if inst.upstream is not self.upstream:  # A failed start moved the port.
+                from .proxy import proxy_to
+
+                close = getattr(self.proxy, "close", None)
+                if close is not None:
+                    close()
+                self.upstream, self.proxy = inst.upstream, proxy_to(inst.upstream)
+        inst.inflight += 1
+        try:
+            await self.proxy(scope, receive, send)
+        finally:
+            inst.inflight -= 1
+            inst.last_used = _now()
+
+    def close(self) -> None:
+        close = getattr(self.proxy, "close", None)
+        if close is not None:
+            close()
+
+
+_now = time.monotonic
+
+
+async def _unavailable(scope, send, detail: str) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1013})  # Try again later.
+        return
+    body = json.dumps({"status_code": 503, "detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def forward_app(instance: ProcessInstance):
+    """What a process runtime's `runtime_forward` returns: the bare proxy, or with
+    scale to zero on, the proxy behind an `IdleGate`."""
+    if _idle_stop > 0:
+        return IdleGate(instance)
+    from .proxy import proxy_to
+
+    return proxy_to(instance.upstream)
 
 
 def _children(pids: list[int]) -> list[int]:

@@ -35,6 +35,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_request_body: int = 32 * MiB
     # How long a new version may take to become healthy before the deploy fails.
     start_timeout: float = 30.0
+    # Seconds without a request before a process project is stopped (0 = never); the
+    # next request starts it again.
+    idle_stop: float = 0.0
     versions_kept: int = 5
     allow_lifecycle_scripts: bool = False
     token: str | None = msgspec.field(default=None)
@@ -57,6 +60,7 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "TEE_DAEMON_GIT_TIMEOUT": ("git_timeout", float),
     "TEE_DAEMON_MAX_REQUEST_BODY": ("max_request_body", int),
     "TEE_DAEMON_START_TIMEOUT": ("start_timeout", float),
+    "TEE_DAEMON_IDLE_STOP": ("idle_stop", float),
     "TEE_DAEMON_ALLOW_LIFECYCLE_SCRIPTS": ("allow_lifecycle_scripts", bool),
     "TEE_DAEMON_TOKEN": ("token", str),
 }

@@ -82,6 +82,6 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
 
 @hookimpl
 def runtime_forward(runtime: str, instance: Instance):
-    from tee_daemon.proxy import proxy_to
+    from tee_daemon.process import forward_app
 
-    return proxy_to(instance.upstream)  # type: ignore[attr-defined]
+    return forward_app(instance)  # type: ignore[arg-type]
