@@ -2,8 +2,8 @@
 
     2026-11-25T01:29:43.123Z hello GET /path?q=1 200 0.412ms
 
-Lines are buffered in memory and written at most once a second (or every 512 lines),
-so the hot path pays one string format and one list append. The file rotates by size
+Requests are queued as tuples and formatted and written at most once a second (or
+every 512 lines), so the hot path pays one list append. The file rotates by size
 (`access.log`, `access.log.1`, ... `access.log.<backups>`). The path logged is the raw,
 still percent-encoded request target below `/<name>`, so a line never holds spaces or
 newlines from the client.
@@ -33,7 +33,7 @@ class AccessLog:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.backups = backups
-        self._lines: list[str] = []
+        self._lines: list[tuple] = []
         self._file = None
         self._size = 0
         self._scheduled = False
@@ -41,17 +41,10 @@ class AccessLog:
         self._prefix = ""
 
     def record(self, project: str, method: str, target: bytes | str, status: int, seconds: float) -> None:
-        now = time.time()
-        sec = int(now)
-        if sec != self._sec:
-            self._sec = sec
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        if isinstance(target, bytes):
-            target = target[:MAX_TARGET].decode("latin-1")
-        self._lines.append(
-            f"{self._prefix}.{int((now - sec) * 1000):03d}Z {project} {method} {target} {status} {seconds * 1000:.3f}ms\n"
-        )
-        if len(self._lines) >= FLUSH_LINES:
+        """Queue one line: a tuple append here; formatting happens at flush time."""
+        lines = self._lines
+        lines.append((time.time(), project, method, target, status, seconds))
+        if len(lines) >= FLUSH_LINES:
             self.flush()
         elif not self._scheduled:
             self._scheduled = True
@@ -60,12 +53,31 @@ class AccessLog:
             except RuntimeError:  # no loop (tests calling directly): write now
                 self.flush()
 
+    def _format(self) -> bytes:
+        out: list[str] = []
+        append = out.append
+        last, prefix = self._sec, self._prefix
+        for now, project, method, target, status, seconds in self._lines:
+            ms = int(now * 1000)
+            sec = ms // 1000
+            if sec != last:
+                last, prefix = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+            if type(target) is bytes:
+                target = target[:MAX_TARGET].decode("latin-1")
+            us = int(seconds * 1e6)
+            append(
+                "%s.%03dZ %s %s %s %d %d.%03dms\n"
+                % (prefix, ms % 1000, project, method, target, status, us // 1000, us % 1000)
+            )
+        self._sec, self._prefix = last, prefix
+        self._lines.clear()
+        return "".join(out).encode("utf-8", "replace")
+
     def flush(self) -> None:
         self._scheduled = False
         if not self._lines:
             return
-        data = "".join(self._lines).encode("utf-8", "replace")
-        self._lines.clear()
+        data = self._format()
         try:
             if self._file is None:
                 self._open()
