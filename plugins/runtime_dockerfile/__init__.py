@@ -1,0 +1,119 @@
+"""The Dockerfile runtime: the project's `Dockerfile` built and run as a container.
+
+The container listens on `$PORT` (8080 unless the manifest's env sets PORT); the daemon
+reaches it on a loopback port the engine publishes and proxies `/<name>/...` to it.
+Works whenever a Docker engine is reachable (DOCKER_HOST), whatever the default backend;
+without one a deploy answers a clear 4xx. Engine work lives in `tee_daemon.docker_backend`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from tee_daemon import docker_backend as db
+from tee_daemon.errors import DeployFailed
+from tee_daemon.hookspecs import hookimpl
+from tee_daemon.proxy import proxy_to
+from tee_daemon.runtime import BuildContext, Detection, Instance, RuntimeInfo, StartContext
+
+NAME = "dockerfile"
+IMAGE_FILE = "image.json"
+
+_swept: set[Path] = set()
+_sweep_lock = threading.Lock()
+
+
+def _sweep_once(projects_dir: Path) -> None:
+    """Once per daemon process: remove engine objects of projects deleted while it was down."""
+    with _sweep_lock:
+        if projects_dir in _swept:
+            return
+        _swept.add(projects_dir)
+    threading.Thread(target=db.sweep, args=(projects_dir,), daemon=True, name="docker-sweep").start()
+
+
+@hookimpl
+def runtime_describe() -> list[RuntimeInfo]:
+    return [
+        RuntimeInfo(
+            name=NAME,
+            default_entry="Dockerfile",
+            detect_priority=60,
+            version=None,  # The engine's version is in the substrate facts.
+            description="the project's Dockerfile, built and run as a container listening on $PORT",
+        )
+    ]
+
+
+@hookimpl
+def runtime_detect(tree: Path) -> Detection | None:
+    path = tree / "Dockerfile"
+    if path.is_file() and not path.is_symlink():
+        return Detection(runtime=NAME, entry="Dockerfile")
+    return None
+
+
+def _build(ctx: BuildContext | StartContext, log_path: Path | None) -> dict:
+    cfg = db.config()
+    projects_dir = ctx.build_dir.parents[3]
+    did = db.daemon_id(projects_dir)
+    dockerfile = ctx.entry or "Dockerfile"
+    if not (ctx.tree / dockerfile).is_file():
+        raise DeployFailed(f"{dockerfile!r} is not in the project")
+    tag = db.image_tag(did, ctx.project, ctx.version)
+    image_id = db.build_image(
+        tree=ctx.tree,
+        dockerfile=dockerfile,
+        tag=tag,
+        image_labels=db.labels(did, ctx.project, ctx.version, **{db.LABEL_RUNTIME: NAME}),
+        log_path=log_path,
+        cfg=cfg,
+    )
+    record = {"image": image_id, "tag": tag}
+    (ctx.build_dir / IMAGE_FILE).write_text(json.dumps(record) + "\n")
+    return record
+
+
+@hookimpl
+def runtime_build(runtime: str, ctx: BuildContext) -> bool:
+    db.client()  # No engine: a clear 4xx before anything else.
+    _sweep_once(ctx.build_dir.parents[3])
+    _build(ctx, ctx.log_path)
+    return True
+
+
+@hookimpl
+def runtime_start(runtime: str, ctx: StartContext) -> Instance:
+    client = db.client()
+    projects_dir = ctx.data_dir.parent.parent
+    _sweep_once(projects_dir)
+    image = None
+    try:
+        image = json.loads((ctx.build_dir / IMAGE_FILE).read_text())["image"]
+        client.images.get(image)
+    except Exception:
+        # Built on another engine, or the engine lost it: build again from the kept tree.
+        build_log = ctx.log_path.with_name("build.log")
+        image = _build(ctx, build_log)["image"]
+    spec = db.ContainerSpec(
+        project=ctx.project,
+        version=ctx.version,
+        runtime=NAME,
+        image=image,
+        projects_dir=projects_dir,
+        log_path=ctx.log_path,
+        env=dict(ctx.env),
+    )
+    return db.start_container(spec)
+
+
+@hookimpl
+def runtime_forward(runtime: str, instance: db.ContainerInstance):
+    return proxy_to(("127.0.0.1", instance.host_port))
+
+
+@hookimpl
+def runtime_substrate() -> dict:
+    return {NAME: db.substrate()}
