@@ -496,7 +496,14 @@ class ProcessInstance(Instance):
             return
         if self._waking is None:
             self._waking = asyncio.get_running_loop().create_task(self._cold_start())
-        await asyncio.shield(self._waking)
+        task = self._waking
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and not (current and current.cancelling()):
+                raise DeployFailed(f"{self.label} was stopped while starting") from None  # By stop().
+            raise
 
     async def _cold_start(self) -> None:
         try:

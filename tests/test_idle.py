@@ -167,3 +167,60 @@ def test_cold_start_per_runtime(fresh_daemon, name, runtime):
     timings.sort()
     print(f"\ncold start {runtime}: median {timings[1] * 1000:.0f} ms "
           f"(min {timings[0] * 1000:.0f}, max {timings[2] * 1000:.0f}); warm {warm * 1000:.1f} ms")  # fmt: skip
+
+
+# -- ProcessInstance on its own -------------------------------------------------------
+
+SLOW_SERVER = """
+import os, socket, time
+time.sleep(float(os.environ.get("DELAY", "0")))
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["PORT"]))); s.listen()
+time.sleep(3600)
+"""
+
+
+def test_stop_during_a_cold_start_answers_503_and_leaves_no_process(tmp_path, monkeypatch):
+    import asyncio
+    import sys
+
+    from tee_daemon import process
+
+    monkeypatch.setattr(process, "_idle_stop", 0.2)
+    monkeypatch.setattr(process, "_wake_timeout", 20.0)
+    port = process.free_port()
+    data = tmp_path / "data"
+    data.mkdir()
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def main():
+        inst = process.ProcessInstance(
+            label="idle-test", argv=[sys.executable, "-c", SLOW_SERVER],
+            env=process.base_env({}, data_dir=data, port=port), cwd=tmp_path,
+            log_path=tmp_path / "logs" / "app.log", port=port,
+            read_only=process.python_roots(), read_write=[data],
+        )  # fmt: skip
+        await inst.ready(20)
+        gate = process.forward_app(inst)
+        assert isinstance(gate, process.IdleGate)
+        first = inst.proc
+        for _ in range(100):
+            if inst.parked and first.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert inst.describe()["state"] == "idle" and inst.describe()["pid"] is None
+        inst.env["DELAY"] = "3"  # The next start is slow: stop it halfway.
+        request = asyncio.create_task(gate({"type": "http"}, None, send))
+        await asyncio.sleep(0.5)
+        second = inst.proc
+        assert second is not first and second.poll() is None
+        await inst.stop()
+        await asyncio.wait_for(request, 5)
+        assert second.poll() is not None
+
+    asyncio.run(main())
+    assert sent[0]["status"] == 503
+    assert b"was stopped while starting" in sent[1]["body"]
