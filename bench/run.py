@@ -153,6 +153,41 @@ def wrk(url: str, connections: int, duration: float, script: str | None = None) 
     }
 
 
+def tree_pss(root_pid: int) -> int:
+    """Proportional set size (bytes) of a process and its descendants: shared pages
+    (the runtime binaries) counted once overall, unlike a sum of RSS."""
+    total = 0
+    for pid in tree_pids(root_pid):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            continue
+    return total
+
+
+def tree_pids(root_pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    out, stack = [], [root_pid]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(children.get(pid, []))
+    return out
+
+
 def tree_rss(root_pid: int) -> int:
     """Resident memory (bytes) of a process and all its descendants."""
     children: dict[int, list[int]] = {}
@@ -422,6 +457,7 @@ def run_density(daemon: Daemon, args) -> dict:
     deploy_seconds = time.monotonic() - t0
     time.sleep(2)
     rss = tree_rss(daemon.proc.pid)
+    pss = tree_pss(daemon.proc.pid)
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     paths = ", ".join(f'"/{n}/"' for n in names)
     script.write_text(
@@ -430,7 +466,7 @@ def run_density(daemon: Daemon, args) -> dict:
     random_c32 = wrk(daemon.url, args.connections, args.duration, str(script))
     random_c1 = wrk(daemon.url, 1, args.duration, str(script))
     script.unlink()
-    return {"count": len(names), "rss": rss, "deploy": deploy_seconds, "c32": random_c32, "c1": random_c1}
+    return {"count": len(names), "rss": rss, "pss": pss, "deploy": deploy_seconds, "c32": random_c32, "c1": random_c1}
 
 
 def print_table(rows, args, cold, density, notes, rss_total, elapsed) -> None:
@@ -470,7 +506,8 @@ def print_table(rows, args, cold, density, notes, rss_total, elapsed) -> None:
         print()
         print(
             f"density: {density['count']} Deno projects deployed in {density['deploy']:.1f}s; daemon + all "
-            f"project processes RSS {density['rss'] / 2**20:.0f} MiB; random projects: "
+            f"project processes RSS {density['rss'] / 2**20:.0f} MiB summed, PSS {density['pss'] / 2**20:.0f} MiB; "
+            "random projects: "
             f"{fmt_rps(c32['rps'])} req/s at c={c}, p50 {fmt_ms(c1['p50'])} at c=1"
         )
     print(f"daemon + project processes RSS at the end: {rss_total / 2**20:.0f} MiB")
