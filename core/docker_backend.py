@@ -424,6 +424,7 @@ try:
                 return
             with contextlib.suppress(Exception):
                 sock = self._get_raw_response_socket(response)
+                sock = getattr(sock, "_sock", sock)  # a SocketIO over a unix socket
                 sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(Exception):
                 response.close()

@@ -293,3 +293,20 @@ def test_no_engine_is_a_clear_4xx(tmp_path: Path, name: str) -> None:
         assert d.get(f"/_api/projects/{name}", admin=True).status_code == 404
     finally:
         d.stop()
+
+
+def test_build_time_is_bounded(engine, tmp_path: Path, name: str) -> None:
+    host, client = engine
+    d = DaemonProcess(tmp_path / "data", env={"DOCKER_HOST": host, "TEE_DAEMON_DOCKER_BUILD_TIMEOUT": "3"}).start()
+    try:
+        files = {"Dockerfile": f"FROM {BUSYBOX_IMAGE}\nRUN echo slow-step && sleep 60\nCMD [\"true\"]\n"}
+        t0 = time.monotonic()
+        r = d.deploy_files(name, files)
+        assert time.monotonic() - t0 < 30
+        assert 400 <= r.status_code < 500 and "longer than 3s" in r.json()["detail"], r.text
+
+        def build_containers_gone() -> bool:  # The engine cancelled the step.
+            return not [c for c in client.containers.list(all=True) if "sleep 60" in " ".join(c.attrs["Config"]["Cmd"] or [])]
+        wait_for(build_containers_gone, timeout=20, what="the cut-off build step removed")
+    finally:
+        d.stop()
