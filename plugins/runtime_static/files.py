@@ -1,9 +1,10 @@
 """An ASGI file server for one immutable version folder.
 
 Never serves `.git` or anything a link points to outside the folder; answers GET and
-HEAD with ETag / Last-Modified validation and single byte ranges. Whole files go out
-through the ASGI `http.response.pathsend` extension when the server offers it (granian
-does), so the kernel copies them, not Python.
+HEAD with ETag / Last-Modified validation and single byte ranges. Since a version
+folder never changes, each path is resolved once and its headers (and the bytes of a
+small file) are kept; larger files go out through the ASGI `http.response.pathsend`
+extension when the server offers it (granian does), so the kernel copies them.
 """
 
 from __future__ import annotations
@@ -57,95 +58,137 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
     return start, min(end, size - 1)
 
 
-class StaticFiles:
-    def __init__(self, root: Path) -> None:
-        self.root = os.path.realpath(root)
-        self.not_found_page = self._resolve("404.html")
+class _File:
+    """What serving one file needs, computed once: a version folder never changes."""
 
-    def _resolve(self, rel: str) -> tuple[str, os.stat_result] | None:
-        """The real path and stat of `rel` if it is a file safely inside the root."""
-        parts = [p for p in rel.split("/") if p not in ("", ".")]
-        if any(p == ".." or p == ".git" or "\x00" in p for p in parts):
-            return None
-        candidate = os.path.join(self.root, *parts)
-        real = os.path.realpath(candidate)
-        if real != self.root and not real.startswith(self.root + os.sep):
-            return None  # A link that leaves the tree.
-        if ".git" in real[len(self.root) :].split(os.sep):
-            return None  # A link into .git.
-        try:
-            st = os.stat(real)
-        except OSError:
-            return None
-        return real, st
+    __slots__ = ("real", "size", "mtime", "etag", "headers", "body")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await _error(send, 404, "this project serves static files over HTTP only")
-            return
-        method = scope["method"]
-        if method not in ("GET", "HEAD"):
-            await _error(send, 405, "static projects answer GET and HEAD only", allow=True)
-            return
-        path = scope["path"] or "/"
-        found = self._resolve(path)
-        if found and stat.S_ISDIR(found[1].st_mode):
-            if not path.endswith("/"):
-                # Relative links in index.html resolve against the folder, so add the slash.
-                location = scope.get("root_path", "") + path + "/"
-                if scope.get("query_string"):
-                    location += "?" + scope["query_string"].decode("latin-1")
-                await _redirect(send, location)
-                return
-            found = self._resolve(path + "/index.html")
-        if not found or not stat.S_ISREG(found[1].st_mode):
-            if self.not_found_page:
-                await self._send_file(scope, send, *self.not_found_page, status=404)
-            else:
-                await _error(send, 404, "file not found")
-            return
-        await self._send_file(scope, send, *found)
-
-    async def _send_file(
-        self, scope: Scope, send: Send, real: str, st: os.stat_result, status: int = 200
-    ) -> None:
-        size = st.st_size
-        etag = f'"{st.st_mtime_ns:x}-{size:x}"'.encode()
-        headers = [
+    def __init__(self, real: str, st: os.stat_result, body: bytes | None) -> None:
+        self.real = real
+        self.size = st.st_size
+        self.mtime = st.st_mtime
+        self.etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'.encode()
+        self.body = body
+        self.headers = [
             (b"content-type", content_type(real).encode()),
-            (b"etag", etag),
+            (b"etag", self.etag),
             (b"last-modified", email.utils.formatdate(st.st_mtime, usegmt=True).encode()),
             (b"accept-ranges", b"bytes"),
             (b"cache-control", b"no-cache"),
             (b"x-content-type-options", b"nosniff"),
         ]
+
+
+ADD_SLASH = "add-slash"  # A folder asked for without its trailing slash.
+SMALL_FILE = 64 * 1024  # Files up to this size are kept in memory...
+CACHE_BYTES = 32 * 2**20  # ...up to this many bytes per version.
+CACHE_ENTRIES = 8192
+
+
+class StaticFiles:
+    def __init__(self, root: Path) -> None:
+        self.root = os.path.realpath(root)
+        self._cache: dict[str, _File | str | None] = {}
+        self._cached_bytes = 0
+        self.not_found_page = self._lookup("/404.html")
+
+    def _resolve(self, rel: str) -> tuple[str, os.stat_result] | None:
+        """The real path and stat of `rel` if it is safely inside the root."""
+        parts = [p for p in rel.split("/") if p not in ("", ".")]
+        if any(p == ".." or p == ".git" or "\x00" in p for p in parts):
+            return None
+        real = os.path.realpath(os.path.join(self.root, *parts))
+        if real != self.root and not real.startswith(self.root + os.sep):
+            return None  # A link that leaves the tree.
+        if ".git" in real[len(self.root) :].split(os.sep):
+            return None  # A link into .git.
+        try:
+            return real, os.stat(real)
+        except OSError:
+            return None
+
+    def _lookup(self, path: str) -> _File | str | None:
+        """The file `path` serves (a folder's index.html), ADD_SLASH, or None; cached."""
+        try:
+            return self._cache[path]
+        except KeyError:
+            pass
+        found = self._resolve(path)
+        if found and stat.S_ISDIR(found[1].st_mode):
+            found = self._resolve(path + "/index.html") if path.endswith("/") else None
+            entry: _File | str | None = ADD_SLASH if not path.endswith("/") else None
+        else:
+            entry = None
+        if found and stat.S_ISREG(found[1].st_mode):
+            entry = _File(found[0], found[1], self._small_body(*found))
+        if len(self._cache) >= CACHE_ENTRIES:
+            self._cache.clear()  # Crude but bounded: hostile URL sprays cannot grow it.
+        self._cache[path] = entry
+        return entry
+
+    def _small_body(self, real: str, st: os.stat_result) -> bytes | None:
+        if st.st_size > SMALL_FILE or self._cached_bytes + st.st_size > CACHE_BYTES:
+            return None
+        with open(real, "rb") as fh:
+            body = fh.read(SMALL_FILE + 1)
+        if len(body) != st.st_size:
+            return None
+        self._cached_bytes += len(body)
+        return body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await _error(send, 404, "this project serves static files over HTTP only")
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            await _error(send, 405, "static projects answer GET and HEAD only", allow=True)
+            return
+        path = scope["path"] or "/"
+        entry = self._lookup(path)
+        if entry is ADD_SLASH:
+            # Relative links in index.html resolve against the folder, so add the slash.
+            location = scope.get("root_path", "") + path + "/"
+            if scope.get("query_string"):
+                location += "?" + scope["query_string"].decode("latin-1")
+            await _redirect(send, location)
+        elif isinstance(entry, _File):
+            await self._send_file(scope, send, entry)
+        elif isinstance(self.not_found_page, _File):
+            await self._send_file(scope, send, self.not_found_page, status=404)
+        else:
+            await _error(send, 404, "file not found")
+
+    async def _send_file(self, scope: Scope, send: Send, f: _File, status: int = 200) -> None:
+        headers = list(f.headers)
         request = {k.lower(): v for k, v in scope["headers"]}
-        if status == 200 and _not_modified(request, etag, st.st_mtime):
+        if status == 200 and _not_modified(request, f.etag, f.mtime):
             await send({"type": "http.response.start", "status": 304, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
-        start, end = 0, size - 1
+        start, end = 0, f.size - 1
         range_header = request.get(b"range")
-        if status == 200 and range_header and _if_range_ok(request, etag):
-            wanted = parse_range(range_header.decode("latin-1"), size)
+        if status == 200 and range_header and _if_range_ok(request, f.etag):
+            wanted = parse_range(range_header.decode("latin-1"), f.size)
             if wanted == "bad":
-                headers.append((b"content-range", f"bytes */{size}".encode()))
+                headers.append((b"content-range", f"bytes */{f.size}".encode()))
                 await send({"type": "http.response.start", "status": 416, "headers": headers})
                 await send({"type": "http.response.body", "body": b""})
                 return
             if wanted:
                 start, end = wanted  # type: ignore[misc]
                 status = 206
-                headers.append((b"content-range", f"bytes {start}-{end}/{size}".encode()))
+                headers.append((b"content-range", f"bytes {start}-{end}/{f.size}".encode()))
         length = max(0, end - start + 1)
         headers.append((b"content-length", str(length).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         if scope["method"] == "HEAD" or length == 0:
             await send({"type": "http.response.body", "body": b""})
+        elif f.body is not None:
+            await send({"type": "http.response.body", "body": f.body[start : end + 1]})
         elif status != 206 and "http.response.pathsend" in scope.get("extensions", {}):
-            await send({"type": "http.response.pathsend", "path": real})
+            await send({"type": "http.response.pathsend", "path": f.real})
         else:
-            await _send_slice(send, real, start, length)
+            await _send_slice(send, f.real, start, length)
 
 
 def _not_modified(request: dict, etag: bytes, mtime: float) -> bool:
