@@ -73,6 +73,21 @@ def test_detection_precedence_is_explicit(tmp_path):
     assert Registry(entry_points=False, extra=(Claim("low", 5),)).detect(tmp_path).runtime == "low"
 
 
+def test_builtin_detection_order(tmp_path):
+    """SPEC section 5: Dockerfile, server.ts, index.ts, index.js, app.py, else static."""
+    registry = Registry(entry_points=False)
+    order = [("Dockerfile", "dockerfile"), ("server.ts", "deno"), ("index.ts", "bun"), ("index.js", "node"), ("app.py", "python")]
+    for i, (filename, runtime) in enumerate(order):
+        tree = tmp_path / f"t{i}"
+        tree.mkdir()
+        for later, _ in order[i:]:
+            (tree / later).write_text("x")
+        assert registry.detect(tree).runtime == runtime, filename
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert registry.detect(empty).runtime == "static"
+
+
 def test_plugin_registered_twice_refused():
     plugin = Claim("twice", 1)
     with pytest.raises(PluginCollision):
