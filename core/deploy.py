@@ -77,7 +77,7 @@ class Deployer:
     async def shutdown(self) -> None:
         routes = list(self.ingress.routes.values())
         self.ingress.routes.clear()
-        await asyncio.gather(*(self._stop(route) for route in routes), return_exceptions=True)
+        await asyncio.gather(*(r.instance.detach() for r in routes), return_exceptions=True)
 
     # -- the admin operations -------------------------------------------------------
 
@@ -162,6 +162,11 @@ class Deployer:
             if route:
                 await self._stop(route)
             await asyncio.to_thread(self.store.delete, name)
+            for runtime in sorted({v.runtime for v in project.versions}):
+                try:
+                    await asyncio.to_thread(self.registry.forget, runtime, name)
+                except Exception as exc:  # The delete stands; the leftovers are logged.
+                    log.warning("runtime %s could not clean up after %s: %s", runtime, name, exc)
 
     def _get(self, name: str) -> Project:
         project = self.projects.get(name)

@@ -98,6 +98,16 @@ def runtime_stop(runtime: str, instance: Instance) -> bool | None:
     """
 
 
+@hookspec(firstresult=True)
+def runtime_forget(runtime: str, project: str) -> bool | None:
+    """A project was deleted: remove what the runtime kept for it (optional).
+
+    Called after its instance was stopped, once for each runtime among the project's
+    kept versions. Remove images, networks, volumes and the like; core removes the
+    project's folders (tree, build, data dir, logs) itself.
+    """
+
+
 @hookspec
 def runtime_substrate() -> dict | None:
     """Facts for ``GET /_api/substrate`` (isolation in force, engine versions...).

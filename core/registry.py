@@ -108,6 +108,9 @@ class Registry:
     def stop(self, runtime: str, instance: Instance) -> None:
         self._one("runtime_stop", runtime)(runtime=runtime, instance=instance)
 
+    def forget(self, runtime: str, project: str) -> None:
+        self._one("runtime_forget", runtime)(runtime=runtime, project=project)
+
     def substrate(self) -> dict:
         facts: dict = {}
         for answer in self.pm.hook.runtime_substrate():

@@ -100,6 +100,14 @@ class Instance(abc.ABC):
     async def stop(self) -> None:
         """Stop serving and release every resource. Idempotent."""
 
+    async def detach(self) -> None:
+        """The daemon is shutting down (not a redeploy, not a delete).
+
+        The default stops the instance. One that can outlive the daemon and be adopted
+        by its next start (a container) may leave itself running instead.
+        """
+        await self.stop()
+
     async def healthy(self) -> bool:
         """A cheap liveness check used by supervision; default: always healthy."""
         return True
