@@ -64,7 +64,9 @@ def listing(request: Request, admin: bool) -> dict[str, Any]:
     return {
         "projects": [
             describe(request, p) for p in sorted(projects, key=lambda p: p.name) if admin or p.mode == "attested"
-        ]
+        ],
+        # Every public answer says whether the TEE behind it is real (SPEC section 2).
+        "tee": daemon_of(request).tee_mode,
     }
 
 
@@ -72,8 +74,8 @@ def listing(request: Request, admin: bool) -> dict[str, Any]:
 
 
 @get("/_api/health", sync_to_thread=False)
-def health() -> dict[str, str]:
-    return {"status": "ok"}
+def health(request: Request) -> dict[str, str]:
+    return {"status": "ok", "tee": daemon_of(request).tee_mode}
 
 
 @get("/_api/substrate", sync_to_thread=False)

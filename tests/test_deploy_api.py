@@ -15,7 +15,8 @@ SITE = {"index.html": "<h1>v1</h1>", "css/site.css": "body{}", "docs/index.html"
 
 
 def test_health_and_substrate(daemon):
-    assert daemon.get("/_api/health").json() == {"status": "ok"}
+    assert daemon.get("/_api/health").json() == {"status": "ok", "tee": "simulated"}
+    assert daemon.get("/", headers={"accept": "application/json"}).json()["tee"] == "simulated"
     facts = daemon.get("/_api/substrate").json()
     assert facts["daemon"] == "tee-daemon"
     assert facts["backend"] == "process"
