@@ -43,6 +43,10 @@ def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         )
 
 
+# What every admin handler declares: the guard, and the bearer scheme in the OpenAPI.
+ADMIN: dict[str, Any] = {"guards": [admin_guard], "security": [{"bearer": []}]}
+
+
 def project_url(request: Request, name: str) -> str:
     return f"{str(request.base_url).rstrip('/')}/{name}/"
 
@@ -106,7 +110,7 @@ def counted(request: Request, name: str, action: str) -> Iterator[None]:
         metrics.forget(label)
 
 
-@get("/_api/metrics", guards=[admin_guard], sync_to_thread=True)
+@get("/_api/metrics", **ADMIN, sync_to_thread=True)
 def metrics(request: Request) -> Response:
     ingress = daemon_of(request).ingress
     return Response(
@@ -115,12 +119,12 @@ def metrics(request: Request) -> Response:
     )
 
 
-@get("/_api/projects", guards=[admin_guard], sync_to_thread=False)
+@get("/_api/projects", **ADMIN, sync_to_thread=False)
 def list_projects(request: Request) -> dict[str, Any]:
     return listing(request, admin=True)
 
 
-@post("/_api/projects", guards=[admin_guard], status_code=HTTP_201_CREATED)
+@post("/_api/projects", **ADMIN, status_code=HTTP_201_CREATED)
 async def create_project(request: Request) -> dict[str, Any]:
     # The app-wide request_max_body_size (set from max_upload_bytes) bounds the body.
     daemon = daemon_of(request)
@@ -145,21 +149,21 @@ class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True):
     version: int | None = None
 
 
-@post("/_api/projects/{name:str}/promote", guards=[admin_guard], status_code=HTTP_200_OK)
+@post("/_api/projects/{name:str}/promote", **ADMIN, status_code=HTTP_200_OK)
 async def promote(request: Request, name: str) -> dict[str, Any]:
     with counted(request, name, "promote"):
         project = await daemon_of(request).deployer.promote(name)  # type: ignore[union-attr]
     return describe(request, project)
 
 
-@post("/_api/projects/{name:str}/redeploy", guards=[admin_guard], status_code=HTTP_200_OK)
+@post("/_api/projects/{name:str}/redeploy", **ADMIN, status_code=HTTP_200_OK)
 async def redeploy(request: Request, name: str) -> dict[str, Any]:
     with counted(request, name, "redeploy"):
         project, changed = await daemon_of(request).deployer.redeploy(name)  # type: ignore[union-attr]
     return {"changed": changed, **describe(request, project)}
 
 
-@post("/_api/projects/{name:str}/rollback", guards=[admin_guard], status_code=HTTP_200_OK)
+@post("/_api/projects/{name:str}/rollback", **ADMIN, status_code=HTTP_200_OK)
 async def rollback(request: Request, name: str) -> dict[str, Any]:
     body = await _read_body(request, 64 * 1024)
     wanted = msgspec.json.decode(body, type=RollbackRequest) if body.strip() else RollbackRequest()
@@ -168,7 +172,7 @@ async def rollback(request: Request, name: str) -> dict[str, Any]:
     return describe(request, project)
 
 
-@delete("/_api/projects/{name:str}", guards=[admin_guard], status_code=HTTP_200_OK)
+@delete("/_api/projects/{name:str}", **ADMIN, status_code=HTTP_200_OK)
 async def delete_project(request: Request, name: str) -> dict[str, Any]:
     with counted(request, name, "delete"):
         await daemon_of(request).deployer.delete(name)  # type: ignore[union-attr]
@@ -218,7 +222,7 @@ async def _read_multipart(request: Request, limit: int) -> tuple[DeployRequest, 
     return deploy_request, files.file  # type: ignore[return-value]
 
 
-@get("/_api/projects/{name:str}/logs", guards=[admin_guard])
+@get("/_api/projects/{name:str}/logs", **ADMIN)
 async def project_logs(request: Request, name: str, follow: bool = False, lines: int | None = None) -> Any:
     """The project's stdout/stderr; `?follow=1` keeps streaming new output."""
     from litestar.response import Stream

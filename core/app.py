@@ -9,7 +9,7 @@ from litestar import Litestar, Request, Response, get
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from . import __version__, viewer
@@ -18,6 +18,7 @@ from .attest_api import ATTEST_ROUTES
 from .daemon import Daemon
 from .errors import UserError
 from .routing import Ingress
+from .schema_page import PlainSchemaPage
 from .settings import Settings, load_settings
 
 log = logging.getLogger("tee_daemon.app")
@@ -67,7 +68,10 @@ def build_app(daemon: Daemon) -> Ingress:
             title="tee-daemon",
             version=__version__,
             path="/_api/schema",
-            render_plugins=[SwaggerRenderPlugin(path="/")],
+            render_plugins=[PlainSchemaPage()],
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="the admin token")}
+            ),
         ),
         request_max_body_size=daemon.settings.max_upload_bytes + MiB,
         debug=False,

@@ -28,6 +28,12 @@ def test_openapi_schema_served(daemon):
     assert r.status_code == 200
     paths = r.json()["paths"]
     assert "/_api/projects" in paths and "/_api/health" in paths
+    assert paths["/_api/projects"]["post"]["security"] == [{"bearer": []}]
+    assert "security" not in paths["/_api/health"]["get"]
+    page = daemon.get("/_api/schema", headers={"accept": "text/html"})
+    assert page.status_code == 200 and "/_api/projects/{name}/promote" in page.text
+    # A CVM may have no internet: the viewer loads nothing from elsewhere.
+    assert "https://" not in page.text and "cdn" not in page.text.lower()
 
 
 def test_deploy_tarball_serve_list_delete(daemon, name):
