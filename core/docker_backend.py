@@ -17,10 +17,10 @@ for images and containers, ``tee-daemon.version``:
   no-new-privileges, read-only root (tmpfs /tmp), memory/CPU/pids limits, restart policy
   on-failure with a cap, the configured OCI runtime.
 
-Stopping a version that is no longer current removes its container. Stopping the current
-version happens on delete and on daemon shutdown alike; the container is then left
-running until the project's record disappears (delete: everything is removed) so that a
-restarted daemon adopts it instead of recreating it.
+`stop()` always removes the container (a version retired after a switch, a delete, a
+failed start); `detach()` (daemon shutdown) leaves a ready container running so that the
+next daemon adopts it by its labels instead of recreating it. After a delete the runtime's
+`runtime_forget` hook calls `forget_project` for the images, network and volume.
 """
 
 from __future__ import annotations
@@ -515,12 +515,44 @@ def sweep(projects_dir: Path) -> None:
             remove_project(c, did, project, cfg.keep_volumes)
 
 
-def _record(projects_dir: Path, project: str) -> dict | None:
-    """The project's committed record (None when it has none: deleted or never committed)."""
+# -- this process's daemons, deletes and old versions --------------------------------------
+
+_dirs: set[Path] = set()
+_dirs_lock = threading.Lock()
+
+
+def note_projects_dir(projects_dir: Path) -> None:
+    """Remember a projects dir this process serves from the engine (for `forget_project`)
+    and, the first time, sweep what projects deleted while the daemon was down left."""
+    with _dirs_lock:
+        if projects_dir in _dirs:
+            return
+        _dirs.add(projects_dir)
+    threading.Thread(target=sweep, args=(projects_dir,), daemon=True, name="docker-sweep").start()
+
+
+def forget_project(project: str) -> None:
+    """A project was deleted (its instance already stopped): remove its containers,
+    images, network and (unless TEE_DAEMON_DOCKER_KEEP_VOLUMES) volume. A no-op in a
+    process that never used the engine."""
+    with _dirs_lock:
+        dirs = list(_dirs)
+    if not dirs:
+        return
+    c = client()
+    keep = config().keep_volumes
+    for projects_dir in dirs:
+        remove_project(c, daemon_id(projects_dir), project, keep)
+
+
+def prune_old_images(projects_dir: Path, project: str) -> None:
+    """Images of versions whose folder core has pruned (no longer kept for rollback)."""
+    versions = projects_dir / project / "versions"
     try:
-        return json.loads((projects_dir / project / "project.json").read_bytes())
-    except (OSError, ValueError):
-        return None
+        kept = {int(p.name) for p in versions.iterdir() if p.name.isdigit()}
+    except OSError:
+        return  # Being deleted: runtime_forget removes everything.
+    prune_images(client(), daemon_id(projects_dir), project, kept)
 
 
 # -- the container instance ---------------------------------------------------------------
@@ -559,6 +591,10 @@ class ContainerSpec(msgspec.Struct, frozen=True):
     working_dir: str | None = None
     mounts: list[dict] = []  # {"source", "target", "read_only"} binds (process backend)
     read_only: bool | None = None
+    # The project's data dir bound read-write at this same path (DATA_DIR as spec.env has
+    # it) instead of the project's named volume at /data (--backend docker).
+    data_dir: str | None = None
+    user: str | None = None  # "uid:gid"; None: the image's user
 
 
 class ContainerInstance(Instance):
@@ -589,11 +625,16 @@ class ContainerInstance(Instance):
 
     def _run_config(self) -> dict[str, Any]:
         cfg = self.cfg
-        env = {**self.spec.env, "PORT": self.port, "DATA_DIR": "/data"}
+        env = {**self.spec.env, "PORT": self.port}
+        if self.spec.data_dir is None:
+            env["DATA_DIR"] = "/data"
         read_only = cfg.read_only if self.spec.read_only is None else self.spec.read_only
         from docker.types import LogConfig, Mount
 
-        mounts = [Mount(target="/data", source=volume_name(self.did, self.spec.project), type="volume")]
+        if self.spec.data_dir is None:
+            mounts = [Mount(target="/data", source=volume_name(self.did, self.spec.project), type="volume")]
+        else:
+            mounts = [Mount(target=self.spec.data_dir, source=self.spec.data_dir, type="bind", read_only=False)]
         for m in self.spec.mounts:
             mounts.append(Mount(target=m["target"], source=str(m["source"]), type="bind",
                                 read_only=bool(m.get("read_only", True))))
@@ -614,6 +655,7 @@ class ContainerInstance(Instance):
             command=self.spec.command,
             entrypoint=self.spec.entrypoint,
             working_dir=self.spec.working_dir,
+            user=self.spec.user,
         )
         if cfg.oci_runtime:
             run["runtime"] = cfg.oci_runtime
@@ -621,7 +663,8 @@ class ContainerInstance(Instance):
             json.dumps(
                 {"image": self.spec.image, "env": env, "cfg": msgspec.to_builtins(cfg),
                  "cmd": self.spec.command, "ep": self.spec.entrypoint, "wd": self.spec.working_dir,
-                 "mounts": self.spec.mounts, "ro": read_only},
+                 "mounts": self.spec.mounts, "ro": read_only, "data": self.spec.data_dir,
+                 "user": self.spec.user},
                 sort_keys=True, default=str,
             ).encode()
         ).hexdigest()[:16]
@@ -633,7 +676,8 @@ class ContainerInstance(Instance):
         c = client()
         check_oci_runtime(c, self.cfg)
         ensure_network(c, self.did, self.spec.project)
-        ensure_volume(c, self.did, self.spec.project)
+        if self.spec.data_dir is None:
+            ensure_volume(c, self.did, self.spec.project)
         run = self._run_config()
         digest = run.pop("_digest")
         mine = labels(self.did, self.spec.project, self.spec.version,
@@ -659,7 +703,10 @@ class ContainerInstance(Instance):
                     ports={f"{self.port}/tcp": ("127.0.0.1", host_port)}, **run,
                 )
             except docker.errors.ImageNotFound:
-                raise DeployFailed(f"{self.label}: image {self.spec.image} is not in the engine") from None
+                hint = (f"; set TEE_DAEMON_DOCKER_IMAGE_{self.spec.runtime.upper()} to an image it has"
+                        if self.spec.runtime in DEFAULT_IMAGES else "")
+                raise DeployFailed(f"{self.label}: image {self.spec.image} is not in the engine (nothing is "
+                                   f"pulled here: the operator pulls or imports it{hint})") from None
             except docker.errors.APIError as exc:
                 raise DeployFailed(f"{self.label}: the container could not be created: {_short(exc)}") from None
             try:
@@ -796,6 +843,20 @@ class ContainerInstance(Instance):
     def _inspect(self) -> dict:
         return client().api.inspect_container(self.container_id)
 
+    def _died_with(self) -> int | None:
+        """The exit code of the container's last death, from the engine's events."""
+        try:
+            events = client().api.events(
+                since=int(self._since), until=int(time.time()) + 1, decode=True,
+                filters={"container": self.container_id, "event": "die"},
+            )
+            code = None
+            for event in events:
+                code = (event.get("Actor", {}).get("Attributes") or {}).get("exitCode", code)
+            return int(code) if code is not None else None
+        except Exception:
+            return None
+
     async def _answers(self) -> bool:
         """An HTTP answer on the published port (the engine's proxy accepts connections
         before the program listens, so a TCP connect alone proves nothing)."""
@@ -825,7 +886,10 @@ class ContainerInstance(Instance):
                 raise DeployFailed(f"{self.label}: the container is gone ({_short(exc)})") from None
             state = attrs.get("State", {})
             if state.get("Status") in ("exited", "dead") or attrs.get("RestartCount", 0) > self.restarts:
-                raise self._failure(f"exited with code {state.get('ExitCode')} before serving on port {self.port}")
+                code = state.get("ExitCode")
+                if not code:  # The engine restarted it already and reset ExitCode.
+                    code = await asyncio.to_thread(self._died_with)
+                raise self._failure(f"exited with code {code} before serving on port {self.port}")
             if state.get("Running") and await self._answers():
                 break
             if time.monotonic() > deadline:
@@ -850,42 +914,21 @@ class ContainerInstance(Instance):
         }
 
     async def stop(self) -> None:
+        """Retired (redeploy, rollback), deleted or failed to start: the container goes."""
         if self._stopping:
             return
         self._stopping = True
-        await asyncio.to_thread(self._stop_sync)
-
-    def _stop_sync(self) -> None:
-        record = _record(self.spec.projects_dir, self.spec.project)
-        if self._ready and record is not None and record.get("current") == self.spec.version:
-            # Shutdown or delete: leave the container to a restarted daemon unless the
-            # record goes away (delete) or moves on while this process still runs.
-            threading.Thread(target=self._await_fate, daemon=True, name=f"fate-{self.container_name}").start()
-            return
         self.state = "stopped"
         self._follow_stop.set()
-        self._remove_container()
-        if record is not None:
-            kept = {v.get("version") for v in record.get("versions", [])}
-            with contextlib.suppress(Exception):
-                prune_images(client(), self.did, self.spec.project, kept)
+        await asyncio.to_thread(self._remove_container)
 
-    def _await_fate(self, limit: float = 120.0) -> None:
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            record = _record(self.spec.projects_dir, self.spec.project)
-            if record is None:
-                self.state = "stopped"
-                self._follow_stop.set()
-                with contextlib.suppress(Exception):
-                    remove_project(client(), self.did, self.spec.project, self.cfg.keep_volumes)
-                return
-            if record.get("current") != self.spec.version:
-                self.state = "stopped"
-                self._follow_stop.set()
-                self._remove_container()
-                return
-            time.sleep(0.1)
+    async def detach(self) -> None:
+        """Daemon shutdown: a ready container keeps serving for the next daemon to adopt;
+        only the log follower stops (the adopter catches up from the engine's log)."""
+        if self._ready and not self._stopping:
+            self._follow_stop.set()
+            return
+        await self.stop()
 
     def _remove_container(self) -> None:
         if self.container_id is None:
@@ -903,3 +946,109 @@ class ContainerInstance(Instance):
 def start_container(spec: ContainerSpec) -> ContainerInstance:
     """Create (or adopt) the container of one version; core then awaits `ready`."""
     return ContainerInstance(spec).start()
+
+
+def forward_app(instance: ContainerInstance):
+    """What a runtime's `runtime_forward` returns for a container: the proxy to its
+    loopback-published port."""
+    from .proxy import proxy_to
+
+    return proxy_to(("127.0.0.1", instance.host_port))
+
+
+# -- --backend docker: a process runtime's plan run in a container ----------------------
+
+# The base image per process runtime. The host's runtime binary (and, for python, the
+# daemon's interpreter and venvs) is bound in read-only at its own path, so the image only
+# has to provide glibc and the shared libraries those binaries link (libstdc++, libgcc;
+# for python also libssl3, libffi8, libsqlite3, zlib...). The defaults are pinned by digest;
+# nothing here ever pulls: the operator pulls (or imports) the image into the engine, or
+# sets TEE_DAEMON_DOCKER_IMAGE_<RUNTIME> to an image the engine already has.
+DEFAULT_BASE = (
+    "debian:bookworm-slim@sha256:3783cc01769c7b2b1b83a5c5ad96c815348e28ed7da68e2e3687004faa906251"
+)
+DEFAULT_IMAGES = {"deno": DEFAULT_BASE, "bun": DEFAULT_BASE, "node": DEFAULT_BASE, "python": DEFAULT_BASE}
+
+
+def runtime_image(runtime: str, environ=os.environ) -> str:
+    """The base image for `runtime` under --backend docker (TEE_DAEMON_DOCKER_IMAGE_<RUNTIME>)."""
+    override = environ.get(f"TEE_DAEMON_DOCKER_IMAGE_{runtime.upper()}", "").strip()
+    if override:
+        return override
+    if runtime not in DEFAULT_IMAGES:
+        raise UserError(f"no base image for runtime {runtime!r}: set TEE_DAEMON_DOCKER_IMAGE_{runtime.upper()}")
+    return DEFAULT_IMAGES[runtime]
+
+
+def backend_facts() -> dict[str, Any]:
+    """/_api/substrate's isolation facts for deno, bun, node and python under --backend docker."""
+    return {
+        "kind": "container",
+        "images": {rt: runtime_image(rt) for rt in DEFAULT_IMAGES},
+        "filesystem": "the image's root read-only (tmpfs /tmp); own tree, build folder and runtime "
+        "binary bound read-only; own data dir bound read-write",
+        **substrate(),
+    }
+
+
+def _binds(paths, read_only: bool) -> list[dict]:
+    """Each path bound at itself, and at its resolved path when that differs (symlinks in
+    the tree, e.g. node_modules, point at resolved paths; argv uses the given ones)."""
+    out: list[dict] = []
+    for path in paths:
+        for variant in (Path(path).absolute(), Path(path).resolve()):
+            if variant.exists():
+                out.append({"source": str(variant.resolve()), "target": str(variant), "read_only": read_only})
+    return out
+
+
+def process_spec(
+    ctx,  # StartContext
+    *,
+    argv: list[str],
+    cwd: Path,
+    read_only=(),
+    extra_env: dict[str, str] | None = None,
+    path_dirs=(),
+    facts: dict[str, Any] | None = None,
+) -> ContainerSpec:
+    """A process runtime's plan (what it would hand `process.start_process`) as a container:
+    the same argv, environment and working directory; the version's tree and build folder
+    and the runtime folders in `read_only` bound read-only at their own paths, the data dir
+    read-write at its own path (DATA_DIR and HOME unchanged), run as the daemon's uid:gid.
+    The program listens on 0.0.0.0:$PORT inside its network namespace; the engine
+    publishes that port on the host's loopback only."""
+    from .process import base_env
+
+    env = base_env(ctx.env, data_dir=ctx.data_dir, port=int(DEFAULT_PORT), path_dirs=list(path_dirs))
+    env.update(extra_env or {})
+    env.update(HOST="0.0.0.0", TMPDIR="/tmp")
+    mounts: list[dict] = []
+    seen: set[str] = {str(Path(ctx.data_dir).absolute())}
+    for bind in _binds([ctx.tree, ctx.build_dir, *read_only], True):
+        if bind["target"] not in seen:
+            seen.add(bind["target"])
+            mounts.append(bind)
+    return ContainerSpec(
+        project=ctx.project,
+        version=ctx.version,
+        runtime=ctx.runtime,
+        image=runtime_image(ctx.runtime),
+        projects_dir=Path(ctx.data_dir).parent.parent,
+        log_path=ctx.log_path,
+        env=env,
+        entrypoint=[str(argv[0])],
+        command=[str(a) for a in argv[1:]],
+        working_dir=str(cwd),
+        mounts=mounts,
+        data_dir=str(Path(ctx.data_dir).absolute()),
+        user=f"{os.getuid()}:{os.getgid()}",
+    )
+
+
+def start_process(ctx, **plan) -> ContainerInstance:
+    """`process.start_process`'s counterpart for --backend docker (same arguments)."""
+    spec = process_spec(ctx, **plan)
+    client()  # No engine: a clear 4xx.
+    note_projects_dir(spec.projects_dir)
+    return start_container(spec)

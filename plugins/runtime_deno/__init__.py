@@ -14,10 +14,11 @@ is installed with the pinned npm like Node's (cached by its hash).
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
-from tee_daemon import deps, toolchain
+from tee_daemon import deps, docker_backend, toolchain
 from tee_daemon.errors import DeployFailed
 from tee_daemon.hookspecs import hookimpl
 from tee_daemon.process import isolation_facts, start_process
@@ -145,7 +146,7 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
             "--allow-write=" + str(ctx.data_dir),
             str(main),
         ]  # fmt: skip
-        return start_process(
+        return _starter(ctx)(
             ctx,
             argv=argv,
             cwd=ctx.tree,
@@ -160,7 +161,7 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
     modules = app / "node_modules"
     if modules.is_symlink():
         read_only.append(modules.resolve().parent)
-    return start_process(
+    return _starter(ctx)(
         ctx,
         argv=[str(bun), "run", "--no-install", str(main)],
         cwd=cwd,
@@ -169,13 +170,28 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
     )
 
 
+def _starter(ctx: StartContext):
+    """`--backend docker`: the same plan in a container (see docker_backend.process_spec)."""
+    return docker_backend.start_process if ctx.backend == "docker" else start_process
+
+
 @hookimpl
 def runtime_forward(runtime: str, instance: Instance):
+    if isinstance(instance, docker_backend.ContainerInstance):
+        return docker_backend.forward_app(instance)
     from tee_daemon.process import forward_app
 
     return forward_app(instance)  # type: ignore[arg-type]
 
 
 @hookimpl
+def runtime_forget(runtime: str, project: str) -> bool:
+    docker_backend.forget_project(project)  # A no-op unless this daemon used the engine.
+    return True
+
+
+@hookimpl
 def runtime_substrate() -> dict:
+    if os.environ.get("TEE_DAEMON_BACKEND") == "docker":  # Set by `serve` from its settings.
+        return {"isolation": docker_backend.backend_facts()}
     return {"isolation": isolation_facts()}

@@ -29,7 +29,7 @@ export function serve(mod: any, entry: string) {
   const server = Bun.serve({
     idleTimeout: 0, // Long streams (server-sent events) are not cut off.
     ...extra,
-    hostname: "127.0.0.1",
+    hostname: process.env.HOST || "127.0.0.1",
     port: Number(process.env.PORT),
     fetch: self === undefined ? (req: Request) => handler(req, ctx) : (req: Request) => handler.call(self, req, ctx),
   });

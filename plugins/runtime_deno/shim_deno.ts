@@ -22,7 +22,7 @@ export function serve(mod: any, entry: string) {
   for (const k of keys) env[k] = Deno.env.get(k) ?? "";
   const ctx = Object.freeze({ env: Object.freeze(env), dataDir: Deno.env.get("DATA_DIR") ?? "" });
   Deno.serve(
-    { hostname: "127.0.0.1", port: Number(Deno.env.get("PORT")), onListen() {} },
+    { hostname: Deno.env.get("HOST") || "127.0.0.1", port: Number(Deno.env.get("PORT")), onListen() {} },
     self === undefined ? (req) => handler(req, ctx) : (req) => handler.call(self, req, ctx),
   );
 }

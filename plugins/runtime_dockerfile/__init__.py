@@ -9,7 +9,6 @@ without one a deploy answers a clear 4xx. Engine work lives in `tee_daemon.docke
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 from tee_daemon import docker_backend as db
@@ -20,19 +19,6 @@ from tee_daemon.runtime import BuildContext, Detection, Instance, RuntimeInfo, S
 
 NAME = "dockerfile"
 IMAGE_FILE = "image.json"
-
-_swept: set[Path] = set()
-_sweep_lock = threading.Lock()
-
-
-def _sweep_once(projects_dir: Path) -> None:
-    """Once per daemon process: remove engine objects of projects deleted while it was down."""
-    with _sweep_lock:
-        if projects_dir in _swept:
-            return
-        _swept.add(projects_dir)
-    threading.Thread(target=db.sweep, args=(projects_dir,), daemon=True, name="docker-sweep").start()
-
 
 @hookimpl
 def runtime_describe() -> list[RuntimeInfo]:
@@ -79,7 +65,7 @@ def _build(ctx: BuildContext | StartContext, log_path: Path | None) -> dict:
 @hookimpl
 def runtime_build(runtime: str, ctx: BuildContext) -> bool:
     db.client()  # No engine: a clear 4xx before anything else.
-    _sweep_once(ctx.build_dir.parents[3])
+    db.note_projects_dir(ctx.build_dir.parents[3])
     _build(ctx, ctx.log_path)
     return True
 
@@ -88,7 +74,7 @@ def runtime_build(runtime: str, ctx: BuildContext) -> bool:
 def runtime_start(runtime: str, ctx: StartContext) -> Instance:
     client = db.client()
     projects_dir = ctx.data_dir.parent.parent
-    _sweep_once(projects_dir)
+    db.note_projects_dir(projects_dir)
     image = None
     try:
         image = json.loads((ctx.build_dir / IMAGE_FILE).read_text())["image"]
@@ -112,6 +98,20 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
 @hookimpl
 def runtime_forward(runtime: str, instance: db.ContainerInstance):
     return proxy_to(("127.0.0.1", instance.host_port))
+
+
+@hookimpl
+def runtime_stop(runtime: str, instance: db.ContainerInstance) -> bool:
+    """After a version's container is gone: drop images of versions no longer kept (core
+    prunes their folders right after a switch, before the old version is drained)."""
+    db.prune_old_images(instance.spec.projects_dir, instance.spec.project)
+    return True
+
+
+@hookimpl
+def runtime_forget(runtime: str, project: str) -> bool:
+    db.forget_project(project)
+    return True
 
 
 @hookimpl

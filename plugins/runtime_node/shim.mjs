@@ -109,7 +109,7 @@ function fetchListener(fn, self) {
 
 const server = http.createServer({ keepAliveTimeout: 75_000, requestTimeout: 0 }, listener);
 server.headersTimeout = 0;
-server.listen(Number(process.env.PORT), "127.0.0.1");
+server.listen(Number(process.env.PORT), process.env.HOST || "127.0.0.1");
 process.on("SIGTERM", () => {
   server.close();
   setTimeout(() => process.exit(0), 1000).unref();

@@ -96,7 +96,7 @@ def main():
         sys.exit(f"{os.path.basename(ENTRY)} defines neither an ASGI `app` nor `async def handle(method, path, headers, body, env)`")
     server = Server(
         app,
-        address="127.0.0.1",
+        address=os.environ.get("HOST") or "127.0.0.1",
         port=int(os.environ["PORT"]),
         interface=interface,
         websockets=True,
