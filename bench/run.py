@@ -216,13 +216,14 @@ def tree_rss(root_pid: int) -> int:
 
 
 class Daemon:
-    def __init__(self, workdir: Path) -> None:
-        self.data = workdir / "data"
+    def __init__(self, workdir: Path, label: str = "daemon", env_extra: dict[str, str] | None = None) -> None:
+        self.data = workdir / f"{label}-data"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(workdir / "daemon.log", "ab")
+        self.log = open(workdir / f"{label}.log", "ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("TEE_DAEMON_")}
         env["TEE_DAEMON_TOKEN"] = TOKEN
+        env.update(env_extra or {})
         cmd = [
             sys.executable, "-m", "tee_daemon.cli", "serve", "--port", str(self.port),
             "--data-dir", str(self.data), "--allow-insecure-sources",
@@ -242,6 +243,45 @@ class Daemon:
             return self.client.get("/_api/substrate").json().get("runtimes", {})
         except (httpx.HTTPError, ValueError):
             return {}
+
+    def memory_gauges(self) -> dict[str, int]:
+        """Per project resident memory from `/_api/metrics`: a parked project has none."""
+        text = self.client.get("/_api/metrics").text
+        found = {}
+        for m in re.finditer(r'^tee_daemon_project_memory_rss_bytes\{project="([^"]+)"\} (\d+)', text, re.M):
+            found[m.group(1)] = int(m.group(2))
+        return found
+
+    def with_processes(self, names: list[str]) -> set[str]:
+        """Those of `names` with a runtime process (not bwrap) whose cwd is in the
+        project's folder: one scan of the daemon's process tree."""
+        roots = {str(self.data / "projects" / n) + "/": n for n in names}
+        found = set()
+        for pid in tree_pids(self.proc.pid)[1:]:
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd") + "/"
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if comm == "bwrap":
+                continue
+            for root, name in roots.items():
+                if cwd.startswith(root):
+                    found.add(name)
+        return found
+
+    def wait_parked(self, names: list[str], timeout: float) -> float:
+        """Wait until none of `names` has a process (its memory gauge gone from
+        `/_api/metrics` and no process in its folder); returns the seconds it took."""
+        start = time.monotonic()
+        while True:
+            gauges = self.memory_gauges()
+            if not any(n in gauges for n in names) and not self.with_processes(names):
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                running = [n for n in names if n in gauges]
+                raise RuntimeError(f"{len(running)} of {len(names)} projects still run after {timeout:g}s")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -438,11 +478,110 @@ def main(argv: list[str] | None = None) -> int:
         if nginx is not None:
             nginx.stop()
         daemon.stop()
+
+    # Scale to zero: a second daemon, alone on the machine, started as an operator of
+    # a dense host would: TEE_DAEMON_IDLE_STOP=1 parks a project after 1 s idle.
+    idle_cold: dict[str, list[float]] = {}
+    idle_density = None
+    idler = None
+    try:
+        idler = Daemon(workdir, "idle-daemon", {"TEE_DAEMON_IDLE_STOP": str(IDLE_STOP)})
+        idle_cold = run_idle_cold(idler, [r for r in wanted if r in deployed], notes)
+        if args.density:
+            idle_density = run_idle_density(idler, args, notes)
+    except RuntimeError as exc:
+        notes.append(f"idle-stop daemon: {exc}")
+    finally:
+        if idler is not None:
+            idler.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    print_table(rows, args, cold, density, notes, rss_total, time.monotonic() - started)
+    print_table(rows, args, cold, density, notes, rss_total, time.monotonic() - started, idle_cold, idle_density)
     return 0
+
+
+IDLE_STOP = 1  # Seconds without a request before the idle-stop daemon parks a process.
+
+
+def run_idle_cold(daemon: Daemon, runtimes: list[str], notes: list[str]) -> dict[str, list[float]]:
+    """Per runtime: deploy, wait until parked, time the first request; three times."""
+    out: dict[str, list[float]] = {}
+    for runtime in runtimes:
+        name = f"idle-{runtime}"
+        r = daemon.deploy(name, HELLO[runtime], runtime=runtime)
+        if r.status_code != 201:
+            notes.append(f"{runtime} (idle stop): deploy failed {r.status_code}: {r.text[:300]}")
+            continue
+        timings = []
+        with httpx.Client(timeout=30) as c:
+            c.get(f"{daemon.url}/{name}/")  # Open the connection to the daemon.
+            for _ in range(3):
+                daemon.wait_parked([name], 15)
+                t0 = time.perf_counter()
+                r = c.get(f"{daemon.url}/{name}/")
+                elapsed = time.perf_counter() - t0
+                if r.status_code != 200:
+                    notes.append(f"{runtime} (idle stop): cold request answered {r.status_code}: {r.text[:200]}")
+                    break
+                timings.append(elapsed)
+            t0 = time.perf_counter()
+            c.get(f"{daemon.url}/{name}/")
+            warm = time.perf_counter() - t0
+        if timings:
+            out[runtime] = sorted(timings) + [warm]
+    return out
+
+
+def random_paths_script(names: list[str]) -> Path:
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    paths = ", ".join(f'"/{n}/"' for n in names)
+    script.write_text(
+        f"local paths = {{{paths}}}\nrequest = function()\n  return wrk.format(nil, paths[math.random(#paths)])\nend\n"
+    )
+    return script
+
+
+def run_idle_density(daemon: Daemon, args, notes: list[str]) -> dict:
+    """100 Deno projects on the idle-stop daemon: memory with all parked, then wake a
+    random 20: their first (cold) request, steady latency and req/s, memory."""
+    count = args.density_count
+    t0 = time.monotonic()
+    names = []
+    for i in range(count):
+        name = f"dens-{i:03d}"
+        r = daemon.deploy(name, HELLO["deno"], runtime="deno")
+        if r.status_code == 201:
+            names.append(name)
+    deploy_seconds = time.monotonic() - t0
+    parked_after = daemon.wait_parked(names, 30)
+    result: dict = {"count": len(names), "deploy": deploy_seconds, "parked_after": parked_after}
+    result["rss_parked"] = tree_rss(daemon.proc.pid)
+    result["pss_parked"] = tree_pss(daemon.proc.pid)
+    awake = random.Random(20).sample(names, min(20, len(names)))
+    first = []
+    with httpx.Client(base_url=daemon.url, timeout=30) as c:
+        c.get("/_api/health")
+        for name in awake:
+            t = time.perf_counter()
+            r = c.get(f"/{name}/")
+            first.append(time.perf_counter() - t)
+            if r.status_code != 200:
+                notes.append(f"idle density: {name} first request answered {r.status_code}")
+        script = random_paths_script(awake)
+        duration = min(args.duration, 3.0)
+        result["c1"] = wrk(daemon.url, 1, duration, str(script))
+        result["c32"] = wrk(daemon.url, args.connections, duration, str(script))
+        script.unlink()
+        for name in awake:  # Still within the idle time: all 20 awake, the rest parked.
+            c.get(f"/{name}/")
+    result["rss_awake"] = tree_rss(daemon.proc.pid)
+    result["pss_awake"] = tree_pss(daemon.proc.pid)
+    result["running"] = len(daemon.memory_gauges())
+    result["awake"] = len(awake)
+    result["first_p50"] = statistics.median(first)
+    result["first_max"] = max(first)
+    return result
 
 
 def run_density(daemon: Daemon, args) -> dict:
@@ -458,25 +597,22 @@ def run_density(daemon: Daemon, args) -> dict:
     time.sleep(2)
     rss = tree_rss(daemon.proc.pid)
     pss = tree_pss(daemon.proc.pid)
-    script = Path(tempfile.mkstemp(suffix=".lua")[1])
-    paths = ", ".join(f'"/{n}/"' for n in names)
-    script.write_text(
-        f"local paths = {{{paths}}}\nrequest = function()\n  return wrk.format(nil, paths[math.random(#paths)])\nend\n"
-    )
-    random_c32 = wrk(daemon.url, args.connections, args.duration, str(script))
-    random_c1 = wrk(daemon.url, 1, args.duration, str(script))
+    script = random_paths_script(names)
+    duration = min(args.duration, 3.0)
+    random_c32 = wrk(daemon.url, args.connections, duration, str(script))
+    random_c1 = wrk(daemon.url, 1, duration, str(script))
     script.unlink()
     return {"count": len(names), "rss": rss, "pss": pss, "deploy": deploy_seconds, "c32": random_c32, "c1": random_c1}
 
 
-def print_table(rows, args, cold, density, notes, rss_total, elapsed) -> None:
+def print_table(rows, args, cold, density, notes, rss_total, elapsed, idle_cold=None, idle_density=None) -> None:
     c = args.connections
     print()
     print(f"tee-daemon bench: wrk -t1 -c{c} -d{args.duration:g}s --latency (and -c1), loopback, {os.cpu_count()} cores")
     print()
     head = (
         f"{'':<22}{'direct':>9}{'nginx':>9}{'daemon':>9}{'d/nginx':>9}"
-        f"{'p50 c1 direct':>15}{'nginx':>9}{'daemon':>9}{'added':>9}{'deploy→200':>12}{'cold':>9}"
+        f"{'p50 c1 direct':>15}{'nginx':>9}{'daemon':>9}{'added':>9}{'deploy→200':>12}{'restart':>9}"
     )
     print(head)
     print("-" * len(head))
@@ -496,21 +632,59 @@ def print_table(rows, args, cold, density, notes, rss_total, elapsed) -> None:
     print()
     print("req/s at c=" + str(c) + "; p50 latency at c=1; added = daemon p50 - direct p50 at c=1;")
     print("deploy→200 = POST /_api/projects until the first 200 through the daemon;")
-    print("cold = the project's process exits, until the daemon serves it again (restart).")
+    print("restart = the project's process exits (crash), until the daemon serves it again.")
+    print("All rows above: always-on daemon (no idle stop).")
     for row in rows:
         bad = [k for k in ("direct", "nginx", "daemon") if row.get(k) and (row[k]["errors"] or row[k]["socket_errors"])]
         for k in bad:
             print(f"  {row['what']} {k}: non-2xx {row[k]['errors']} socket errors {row[k]['socket_errors']}")
+    print(f"always-on daemon + project processes RSS at the end: {rss_total / 2**20:.0f} MiB")
+    if idle_cold:
+        print()
+        print(f"IDLE STOP rows: a second daemon with TEE_DAEMON_IDLE_STOP={IDLE_STOP} (scale to zero);")
+        print("cold start = project parked (no process), time of its first request, which starts it.")
+        head = f"{'idle stop':<22}{'cold median':>13}{'min':>10}{'max':>10}{'then warm':>11}"
+        print(head)
+        print("-" * len(head))
+        for runtime, (lo, mid, hi, warm) in idle_cold.items():
+            print(
+                f"{runtime + ' hello':<22}{fmt_ms(mid * 1000):>13}{fmt_ms(lo * 1000):>10}{fmt_ms(hi * 1000):>10}"
+                f"{fmt_ms(warm * 1000):>11}"
+            )
     if density:
         c32, c1 = density["c32"], density["c1"]
         print()
         print(
-            f"density: {density['count']} Deno projects deployed in {density['deploy']:.1f}s; daemon + all "
-            f"project processes RSS {density['rss'] / 2**20:.0f} MiB summed, PSS {density['pss'] / 2**20:.0f} MiB; "
-            "random projects: "
-            f"{fmt_rps(c32['rps'])} req/s at c={c}, p50 {fmt_ms(c1['p50'])} at c=1"
+            f"density, ALWAYS-ON (no idle stop): {density['count']} Deno projects deployed in "
+            f"{density['deploy']:.1f}s, all running; daemon + project processes RSS "
+            f"{density['rss'] / 2**20:.0f} MiB summed, PSS {density['pss'] / 2**20:.0f} MiB; random projects "
+            f"(all warm): {fmt_rps(c32['rps'])} req/s at c={c}, p50 {fmt_ms(c1['p50'])} at c=1"
         )
-    print(f"daemon + project processes RSS at the end: {rss_total / 2**20:.0f} MiB")
+    if idle_density:
+        i = idle_density
+        print()
+        print(
+            f"density, IDLE STOP (TEE_DAEMON_IDLE_STOP={IDLE_STOP}): {i['count']} Deno projects deployed in "
+            f"{i['deploy']:.1f}s; all parked {i['parked_after']:.1f}s later"
+        )
+        print(
+            f"  all {i['count']} parked: daemon + project processes RSS {i['rss_parked'] / 2**20:.0f} MiB "
+            f"summed, PSS {i['pss_parked'] / 2**20:.0f} MiB"
+        )
+        print(
+            f"  woke a random {i['awake']}: first (cold) request p50 {fmt_ms(i['first_p50'] * 1000)}, "
+            f"max {fmt_ms(i['first_max'] * 1000)}"
+        )
+        print(
+            f"  then over those {i['awake']}, warm: steady p50 {fmt_ms(i['c1']['p50'])} at c=1, "
+            f"{fmt_rps(i['c32']['rps'])} req/s at c={c}"
+            + (f" (non-2xx {i['c32']['errors']}, socket errors {i['c32']['socket_errors']})"
+               if i['c32']['errors'] or i['c32']['socket_errors'] else "")
+        )
+        print(
+            f"  {i['running']} running, rest parked: daemon + project processes RSS "
+            f"{i['rss_awake'] / 2**20:.0f} MiB summed, PSS {i['pss_awake'] / 2**20:.0f} MiB"
+        )
     for note in notes:
         print("note:", note)
     print(f"(bench took {elapsed:.0f}s)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,18 +114,33 @@ def test_crash_restarts_with_backoff_and_reports_a_loop(tmp_path, monkeypatch):
 
 
 def test_stop_kills_the_whole_group(tmp_path):
-    code = SERVER.replace("time.sleep(3600)", "import subprocess; subprocess.Popen(['sleep', '300']); time.sleep(3600)")
+    # The child is started before the port listens, so it exists once `ready` returns.
+    code = SERVER.replace("s = socket.socket()", "import subprocess; subprocess.Popen(['sleep', '300']); s = socket.socket()")
 
     async def main():
         inst = make(tmp_path, code)
         await inst.ready(20)
         pgid = os.getpgid(inst.proc.pid)
+        before = [comm(pid) for pid in live_members(pgid)]
         await inst.stop()
         await inst.stop()  # Idempotent.
-        return pgid
+        return pgid, before
 
-    pgid = asyncio.run(main())
+    pgid, before = asyncio.run(main())
+    assert "sleep" in before, before  # There was a child in the group to kill.
+    # stop() returns once the group leader is gone and SIGKILL went to the whole group;
+    # the other members die when next scheduled, so give the kernel a (bounded) moment.
+    deadline = time.monotonic() + 10
+    while live_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert live_members(pgid) == []
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def live_members(pgid: int) -> list[int]:
