@@ -34,7 +34,7 @@ test: install
 	$(PY) -m pytest
 
 bench: install
-	$(PY) bench/run.py
+	$(PY) bench/run.py --density
 
 clean:
 	rm -rf $(VENV) .runtimes .pytest_cache
