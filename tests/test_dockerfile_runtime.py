@@ -310,3 +310,19 @@ def test_build_time_is_bounded(engine, tmp_path: Path, name: str) -> None:
         wait_for(build_containers_gone, timeout=20, what="the cut-off build step removed")
     finally:
         d.stop()
+
+
+def test_images_of_versions_no_longer_kept_are_pruned(ddaemon: DaemonProcess, engine, name: str) -> None:
+    _, client = engine
+    flt = {"label": f"{PROJECT_LABEL}={name}"}
+    for n in range(1, 7):  # The daemon keeps 5 versions.
+        deploy_ok(ddaemon, name, app_files("dockerfile-hello", **{"www/index.html": f"v{n}\n"}))
+    assert ddaemon.get(f"/{name}/").text == "v6\n"
+
+    def versions() -> set[int]:
+        return {int(img.labels["tee-daemon.version"]) for img in client.images.list(filters=flt)}
+
+    wait_for(lambda: versions() == {2, 3, 4, 5, 6}, what="the image of version 1 pruned")
+    with ddaemon.client() as c:  # Rollback to a kept version is instant: its image is there.
+        assert c.post(f"/_api/projects/{name}/rollback", json={"version": 2}).status_code == 200
+    assert ddaemon.get(f"/{name}/").text == "v2\n"
