@@ -89,7 +89,12 @@ def substrate(request: Request) -> dict[str, Any]:
 
 @get("/_api/projects/{name:str}", sync_to_thread=False)
 def get_project(request: Request, name: str) -> dict[str, Any]:
-    return {**describe(request, visible_project(request, name)), "tee": daemon_of(request).tee_mode}
+    answer = {**describe(request, visible_project(request, name)), "tee": daemon_of(request).tee_mode}
+    if is_admin(request):
+        # The running instance (state, restarts, crash loop) is for the operator only.
+        route = daemon_of(request).ingress.routes.get(name)  # type: ignore[union-attr]
+        answer["instance"] = route.instance.describe() if route else None
+    return answer
 
 
 # -- admin ---------------------------------------------------------------------------

@@ -157,13 +157,22 @@ class Metrics:
             up, versions, active, memory = [], [], [], []
             for name, route in sorted(routes.items()):
                 label = _label(name)
-                up.append(f'tee_daemon_project_up{{project="{label}",runtime="{_label(route.runtime)}"}} 1')
+                state = facts[name].get("state", "running")
+                serving = 1 if state == "running" else 0
+                up.append(
+                    f'tee_daemon_project_up{{project="{label}",runtime="{_label(route.runtime)}",'
+                    f'state="{_label(state)}"}} {serving}'
+                )
                 versions.append(f'tee_daemon_project_version{{project="{label}"}} {route.version}')
                 active.append(f'tee_daemon_project_active_requests{{project="{label}"}} {route.active}')
                 rss = facts_rss(facts[name])
                 if rss is not None:
                     memory.append(f'tee_daemon_project_memory_rss_bytes{{project="{label}"}} {rss}')
-            family("tee_daemon_project_up", "gauge", "1 for each project with a serving version.")
+            family(
+                "tee_daemon_project_up",
+                "gauge",
+                "1 while the project's instance runs; 0 when parked idle, restarting or crash-looping (see the state label).",
+            )
             out.extend(up)
             family("tee_daemon_project_version", "gauge", "The version number that serves.")
             out.extend(versions)

@@ -85,6 +85,9 @@ def test_idle_project_stops_and_the_next_request_starts_it(fresh_daemon, name):
 
     wait_parked(daemon, name)
     assert memory_gauge(daemon, name) is None  # No process, no resident memory.
+    assert daemon.get(f"/_api/projects/{name}", admin=True).json()["instance"]["state"] == "idle"
+    up = f'tee_daemon_project_up{{project="{name}",runtime="deno",state="idle"}} 0'
+    assert up in daemon.get("/_api/metrics", admin=True).text.splitlines()
     log = (daemon.data_dir / "projects" / name / "logs" / "app.log").read_text()
     assert "without requests" in log and "exited with" not in log  # Idle, not a crash.
     time.sleep(1.5)

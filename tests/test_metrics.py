@@ -59,14 +59,14 @@ def test_metrics_count_requests_latency_and_deploys(daemon, name):
     assert m[f'tee_daemon_request_duration_seconds_sum{{{label}}}'] > 0
     assert m[f'tee_daemon_deploys_total{{{label},action="deploy",result="ok"}}'] == 1
     assert m[f'tee_daemon_deploys_total{{{label},action="deploy",result="failed"}}'] == 1
-    assert m[f'tee_daemon_project_up{{{label},runtime="static"}}'] == 1
+    assert m[f'tee_daemon_project_up{{{label},runtime="static",state="running"}}'] == 1
     assert m[f'tee_daemon_project_version{{{label}}}'] == 1
     assert m["tee_daemon_process_memory_rss_bytes"] > 1_000_000
 
     with daemon.client() as c:
         assert c.delete(f"/_api/projects/{name}").status_code == 200
     m = parse(daemon.get("/_api/metrics", admin=True).text)
-    assert f'tee_daemon_project_up{{{label},runtime="static"}}' not in m
+    assert not [key for key in m if key.startswith(f"tee_daemon_project_up{{{label}")]
     assert m[f'tee_daemon_deploys_total{{{label},action="delete",result="ok"}}'] == 1
 
 
@@ -115,4 +115,7 @@ def test_memory_of_a_process_runtime(daemon, name):
     m = parse(daemon.get("/_api/metrics", admin=True).text)
     assert m[f'tee_daemon_project_memory_rss_bytes{{project="{name}"}}'] > 1_000_000
     assert m[f'tee_daemon_restarts_total{{project="{name}"}}'] == 0
-    assert m[f'tee_daemon_project_up{{project="{name}",runtime="python"}}'] == 1
+    assert m[f'tee_daemon_project_up{{project="{name}",runtime="python",state="running"}}'] == 1
+    # The operator sees the instance itself; nobody else does.
+    shown = daemon.get(f"/_api/projects/{name}", admin=True).json()["instance"]
+    assert shown["state"] == "running" and shown["restarts"] == 0 and shown["pid"] > 1
