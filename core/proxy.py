@@ -374,11 +374,16 @@ def _forward_headers(scope: Scope, drop: frozenset[bytes]) -> tuple[list[bytes],
 
 def _parse_head(head: bytes) -> tuple[int, list[tuple[bytes, bytes]], int | None, bool, bool]:
     """(status, headers, content-length, chunked, keep-alive) of a response head."""
-    lines = head.split(b"\r\n")
-    status_line = lines[0]
+    # Lines end in CRLF; a bare LF is accepted too (RFC 9112 section 2.2), as CGI
+    # programs behind a project's server sometimes send it. Values are stripped below.
+    lines = head.split(b"\n")
+    status_line = lines[0].rstrip(b"\r")
     if not status_line.startswith(b"HTTP/1.") or len(status_line) < 12:
         raise _UpstreamError(f"bad status line {status_line[:80]!r}")
-    status = int(status_line[9:12])
+    try:
+        status = int(status_line[9:12])
+    except ValueError:
+        raise _UpstreamError(f"bad status line {status_line[:80]!r}") from None
     keep_alive = status_line[7:8] == b"1"
     headers: list[tuple[bytes, bytes]] = []
     length = None
@@ -402,6 +407,8 @@ def _parse_head(head: bytes) -> tuple[int, list[tuple[bytes, bytes]], int | None
                 drop_extra = tokens - {b"close", b"keep-alive", b"upgrade"}
             continue
         if name == b"content-length":
+            if not value.isdigit():  # A project's garbage must become a 502, not a 500.
+                raise _UpstreamError(f"bad content-length {value[:40]!r}")
             length = int(value)
         headers.append((name, value))
     if drop_extra:
@@ -415,9 +422,11 @@ def _parse_head(head: bytes) -> tuple[int, list[tuple[bytes, bytes]], int | None
 async def _read_head(conn: _Conn) -> bytes:
     while True:
         buf = conn.buf
-        idx = buf.find(b"\r\n\r\n")
+        idx, end = buf.find(b"\r\n\r\n"), 4
+        if idx < 0:
+            idx, end = buf.find(b"\n\n"), 2  # A head whose lines end in a bare LF.
         if idx >= 0:
-            conn.buf = buf[idx + 4 :]
+            conn.buf = buf[idx + end :]
             return buf[:idx]
         if len(buf) > MAX_HEAD:
             raise _UpstreamError("response head too large")
