@@ -462,15 +462,20 @@ def ensure_volume(c, did: str, project: str):
         return c.volumes.create(name, labels=labels(did, project))
 
 
+def _images(c, filters: dict) -> list[dict]:
+    """Image summaries. (images.list() inspects each one, which races concurrent removals.)"""
+    return c.api.images(filters=filters)
+
+
 def remove_project(c, did: str, project: str, keep_volume: bool) -> None:
     """Every container, image, network (and the volume unless kept) of one project."""
     f = _filters(did, project)
-    for ctr in c.containers.list(all=True, filters=f):
+    for ctr in c.containers.list(all=True, filters=f, ignore_removed=True):
         with contextlib.suppress(Exception):
             ctr.remove(force=True)
-    for img in c.images.list(filters=f):
+    for img in _images(c, f):
         with contextlib.suppress(Exception):
-            c.images.remove(img.id, force=True)
+            c.images.remove(img["Id"], force=True)
     for net in c.networks.list(filters=f):
         with contextlib.suppress(Exception):
             net.remove()
@@ -482,14 +487,14 @@ def remove_project(c, did: str, project: str, keep_volume: bool) -> None:
 
 def prune_images(c, did: str, project: str, keep_versions: set[int]) -> None:
     """Images of versions the project no longer keeps (and no container uses)."""
-    for img in c.images.list(filters=_filters(did, project)):
+    for img in _images(c, _filters(did, project)):
         try:
-            version = int((img.labels or {}).get(LABEL_VERSION, ""))
+            version = int((img.get("Labels") or {}).get(LABEL_VERSION, ""))
         except ValueError:
             continue
         if version not in keep_versions:
             with contextlib.suppress(Exception):
-                c.images.remove(img.id)
+                c.images.remove(img["Id"])
 
 
 def sweep(projects_dir: Path) -> None:
@@ -501,10 +506,10 @@ def sweep(projects_dir: Path) -> None:
     did = daemon_id(projects_dir)
     cfg = config()
     seen: set[str] = set()
-    for ctr in c.containers.list(all=True, filters=_filters(did)):
+    for ctr in c.containers.list(all=True, filters=_filters(did), ignore_removed=True):
         seen.add((ctr.labels or {}).get(LABEL_PROJECT, ""))
-    for img in c.images.list(filters=_filters(did)):
-        seen.add((img.labels or {}).get(LABEL_PROJECT, ""))
+    for img in _images(c, _filters(did)):
+        seen.add((img.get("Labels") or {}).get(LABEL_PROJECT, ""))
     for net in c.networks.list(filters=_filters(did)):
         seen.add((net.attrs.get("Labels") or {}).get(LABEL_PROJECT, ""))
     for vol in c.volumes.list(filters=_filters(did)):
@@ -682,7 +687,8 @@ class ContainerInstance(Instance):
         digest = run.pop("_digest")
         mine = labels(self.did, self.spec.project, self.spec.version,
                       **{LABEL_CONFIG: digest, LABEL_RUNTIME: self.spec.runtime})
-        existing = c.containers.list(all=True, filters=_filters(self.did, self.spec.project, self.spec.version))
+        mine_only = _filters(self.did, self.spec.project, self.spec.version)
+        existing = c.containers.list(all=True, filters=mine_only, ignore_removed=True)
         for ctr in existing:
             if (not self.adopted and ctr.status in ("running", "restarting")
                     and (ctr.labels or {}).get(LABEL_CONFIG) == digest):

@@ -121,7 +121,10 @@ def test_stop_kills_the_whole_group(tmp_path):
         inst = make(tmp_path, code)
         await inst.ready(20)
         pgid = os.getpgid(inst.proc.pid)
-        before = [comm(pid) for pid in live_members(pgid)]
+        # The child may still be between fork and exec (named like its parent): wait.
+        deadline = time.monotonic() + 10
+        while "sleep" not in (before := [comm(pid) for pid in live_members(pgid)]) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         await inst.stop()
         await inst.stop()  # Idempotent.
         return pgid, before
