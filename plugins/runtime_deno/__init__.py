@@ -18,10 +18,9 @@ import os
 import shutil
 from pathlib import Path
 
-from tee_daemon import deps, docker_backend, toolchain
+from tee_daemon import deps, launch, toolchain
 from tee_daemon.errors import DeployFailed
 from tee_daemon.hookspecs import hookimpl
-from tee_daemon.process import isolation_facts, start_process
 from tee_daemon.runtime import BuildContext, Detection, Instance, RuntimeInfo, StartContext
 
 HERE = Path(__file__).resolve().parent
@@ -146,7 +145,7 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
             "--allow-write=" + str(ctx.data_dir),
             str(main),
         ]  # fmt: skip
-        return _starter(ctx)(
+        return launch.start(
             ctx,
             argv=argv,
             cwd=ctx.tree,
@@ -161,7 +160,7 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
     modules = app / "node_modules"
     if modules.is_symlink():
         read_only.append(modules.resolve().parent)
-    return _starter(ctx)(
+    return launch.start(
         ctx,
         argv=[str(bun), "run", "--no-install", str(main)],
         cwd=cwd,
@@ -170,28 +169,18 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
     )
 
 
-def _starter(ctx: StartContext):
-    """`--backend docker`: the same plan in a container (see docker_backend.process_spec)."""
-    return docker_backend.start_process if ctx.backend == "docker" else start_process
-
-
 @hookimpl
 def runtime_forward(runtime: str, instance: Instance):
-    if isinstance(instance, docker_backend.ContainerInstance):
-        return docker_backend.forward_app(instance)
-    from tee_daemon.process import forward_app
-
-    return forward_app(instance)  # type: ignore[arg-type]
+    return launch.forward(instance)
 
 
 @hookimpl
 def runtime_forget(runtime: str, project: str) -> bool:
-    docker_backend.forget_project(project)  # A no-op unless this daemon used the engine.
+    launch.forget(project)
     return True
 
 
 @hookimpl
 def runtime_substrate() -> dict:
-    if os.environ.get("TEE_DAEMON_BACKEND") == "docker":  # Set by `serve` from its settings.
-        return {"isolation": docker_backend.backend_facts()}
-    return {"isolation": isolation_facts()}
+    # Set by `serve` from its settings; the same for every process runtime.
+    return {"isolation": launch.isolation(os.environ.get("TEE_DAEMON_BACKEND", "process"))}

@@ -12,10 +12,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tee_daemon import deps, docker_backend, toolchain
+from tee_daemon import deps, launch, toolchain
 from tee_daemon.errors import DeployFailed
 from tee_daemon.hookspecs import hookimpl
-from tee_daemon.process import start_process
 from tee_daemon.runtime import BuildContext, Detection, Instance, RuntimeInfo, StartContext
 
 HERE = Path(__file__).resolve().parent
@@ -74,7 +73,7 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
     modules = app / "node_modules"
     if modules.is_symlink():
         read_only.append(modules.resolve().parent)
-    return _starter(ctx)(
+    return launch.start(
         ctx,
         argv=[str(node), str(ctx.build_dir / SHIM)],
         cwd=root,
@@ -83,21 +82,12 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
     )
 
 
-def _starter(ctx: StartContext):
-    """`--backend docker`: the same plan in a container (see docker_backend.process_spec)."""
-    return docker_backend.start_process if ctx.backend == "docker" else start_process
-
-
 @hookimpl
 def runtime_forward(runtime: str, instance: Instance):
-    if isinstance(instance, docker_backend.ContainerInstance):
-        return docker_backend.forward_app(instance)
-    from tee_daemon.process import forward_app
-
-    return forward_app(instance)  # type: ignore[arg-type]
+    return launch.forward(instance)
 
 
 @hookimpl
 def runtime_forget(runtime: str, project: str) -> bool:
-    docker_backend.forget_project(project)  # A no-op unless this daemon used the engine.
+    launch.forget(project)
     return True

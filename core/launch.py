@@ -1,0 +1,34 @@
+"""Where a process runtime's version runs: a sandboxed process on this machine, or with
+`--backend docker` a container on the engine.
+
+The deno, bun, node and python plugins describe *what* to run (argv, env, folders to
+see); these functions decide *where*, so their start, forward and forget hooks stay
+one line each.
+"""
+
+from __future__ import annotations
+
+from . import docker_backend, process
+from .runtime import ASGIApp, Instance, StartContext
+
+
+def start(ctx: StartContext, **plan) -> Instance:
+    """Start `plan` (the keyword arguments of `process.start_process`) for `ctx`."""
+    if ctx.backend == "docker":
+        return docker_backend.start_process(ctx, **plan)
+    return process.start_process(ctx, **plan)
+
+
+def forward(instance: Instance) -> ASGIApp:
+    if isinstance(instance, docker_backend.ContainerInstance):
+        return docker_backend.forward_app(instance)
+    return process.forward_app(instance)  # type: ignore[arg-type]
+
+
+def forget(project: str) -> None:
+    docker_backend.forget_project(project)  # A no-op unless this daemon used the engine.
+
+
+def isolation(backend: str) -> dict:
+    """What keeps projects apart, for `GET /_api/substrate`."""
+    return docker_backend.backend_facts() if backend == "docker" else process.isolation_facts()
