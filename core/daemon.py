@@ -37,7 +37,7 @@ class Daemon:
         from . import process, proxy
         from .accesslog import AccessLog
 
-        proxy.configure(self.settings.max_request_body)
+        proxy.configure(self.settings.max_request_body, self.settings.trusted_proxies)
         process.configure(idle_stop=self.settings.idle_stop, start_timeout=self.settings.start_timeout)
         self.ingress = Ingress(api, access_log=AccessLog(self.settings.data_dir / "logs" / "access.log"))
         self.deployer = Deployer(self.settings, self.store, self.registry, self.ingress)

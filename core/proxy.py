@@ -85,6 +85,9 @@ class _Limits:
     """Process-wide defaults; `configure` sets them from the daemon's settings."""
 
     max_request_body: int | None = None
+    # Peers (e.g. a TLS-terminating gateway in front of the daemon) whose
+    # X-Forwarded-Proto and X-Forwarded-Host are passed on instead of replaced.
+    trusted_proxies: frozenset[str] = frozenset()
 
     def get_max_body(self) -> int:
         if self.max_request_body is None:
@@ -97,8 +100,9 @@ class _Limits:
 limits = _Limits()
 
 
-def configure(max_request_body: int) -> None:
+def configure(max_request_body: int, trusted_proxies: frozenset[str] = frozenset()) -> None:
     limits.max_request_body = max_request_body
+    limits.trusted_proxies = trusted_proxies
 
 
 class _UpstreamError(Exception):
@@ -339,6 +343,7 @@ def _forward_headers(scope: Scope, drop: frozenset[bytes]) -> tuple[list[bytes],
     length = None
     chunked = False
     connection_tokens: list[bytes] | None = None
+    given_proto = given_host = None
     for name, value in scope["headers"]:
         if name in drop:
             if name == b"content-length":
@@ -349,6 +354,10 @@ def _forward_headers(scope: Scope, drop: frozenset[bytes]) -> tuple[list[bytes],
                 xff = value if xff is None else xff + b", " + value
             elif name == b"connection":
                 connection_tokens = [t.strip().lower() for t in value.split(b",")]
+            elif name == b"x-forwarded-proto":
+                given_proto = value
+            elif name == b"x-forwarded-host":
+                given_host = value
             continue
         if name == b"host":
             host = value
@@ -360,12 +369,15 @@ def _forward_headers(scope: Scope, drop: frozenset[bytes]) -> tuple[list[bytes],
     client = scope.get("client")
     addr = client[0].encode("latin-1") if client else b"unknown"
     lines.append(b"x-forwarded-for: " + (xff + b", " + addr if xff else addr) + b"\r\n")
-    lines.append(b"x-forwarded-proto: " + (b"https" if scope.get("scheme") in ("https", "wss") else b"http") + b"\r\n")
+    if not (client and client[0] in limits.trusted_proxies):
+        given_proto = given_host = None  # Anyone else could claim anything.
+    proto = given_proto or (b"https" if scope.get("scheme") in ("https", "wss") else b"http")
+    lines.append(b"x-forwarded-proto: " + proto + b"\r\n")
     if host is None:
         server = scope.get("server")
         host = f"{server[0]}:{server[1]}".encode("latin-1") if server else b"localhost"
         lines.append(b"host: " + host + b"\r\n")
-    lines.append(b"x-forwarded-host: " + host + b"\r\n")
+    lines.append(b"x-forwarded-host: " + (given_host or host) + b"\r\n")
     return lines, length, chunked
 
 

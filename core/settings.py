@@ -40,6 +40,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     idle_stop: float = 0.0
     versions_kept: int = 5
     allow_lifecycle_scripts: bool = False
+    # Addresses of proxies in front of the daemon (a TLS gateway) to take
+    # X-Forwarded-Proto/-Host from; comma-separated in the environment.
+    trusted_proxies: frozenset[str] = frozenset()
     token: str | None = msgspec.field(default=None)
 
     @property
@@ -63,12 +66,15 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "TEE_DAEMON_IDLE_STOP": ("idle_stop", float),
     "TEE_DAEMON_ALLOW_LIFECYCLE_SCRIPTS": ("allow_lifecycle_scripts", bool),
     "TEE_DAEMON_TOKEN": ("token", str),
+    "TEE_DAEMON_TRUSTED_PROXIES": ("trusted_proxies", frozenset),
 }
 
 
 def _parse(kind: type, raw: str) -> object:
     if kind is bool:
         return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if kind is frozenset:
+        return frozenset(part.strip() for part in raw.split(",") if part.strip())
     return kind(raw)
 
 

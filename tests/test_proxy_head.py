@@ -39,3 +39,33 @@ def test_read_head_finds_either_terminator():
         conn = Conn(raw)
         head = asyncio.run(proxy._read_head(conn))
         assert head.startswith(b"HTTP/1.1 200 OK") and conn.buf == rest
+
+
+def forwarded(client_ip: str, trusted: frozenset[str]) -> dict[bytes, bytes]:
+    scope = {
+        "client": (client_ip, 5555),
+        "scheme": "http",
+        "headers": [(b"host", b"example.org"), (b"x-forwarded-proto", b"https"), (b"x-forwarded-host", b"public.example")],
+    }
+    saved = proxy.limits.trusted_proxies
+    proxy.limits.trusted_proxies = trusted
+    try:
+        lines, _, _ = proxy._forward_headers(scope, proxy._DROP_REQUEST)
+    finally:
+        proxy.limits.trusted_proxies = saved
+    return dict(line.rstrip(b"\r\n").split(b": ", 1) for line in lines)
+
+
+def test_forwarded_proto_and_host_only_from_trusted_proxies():
+    anyone = forwarded("203.0.113.7", frozenset({"127.0.0.1"}))
+    assert anyone[b"x-forwarded-proto"] == b"http" and anyone[b"x-forwarded-host"] == b"example.org"
+    gateway = forwarded("127.0.0.1", frozenset({"127.0.0.1"}))
+    assert gateway[b"x-forwarded-proto"] == b"https" and gateway[b"x-forwarded-host"] == b"public.example"
+    assert gateway[b"x-forwarded-for"] == b"127.0.0.1"
+
+
+def test_trusted_proxies_setting_parses_a_list():
+    from tee_daemon.settings import load_settings
+
+    settings = load_settings(environ={"TEE_DAEMON_TRUSTED_PROXIES": " 10.0.0.1, ::1 ,"})
+    assert settings.trusted_proxies == frozenset({"10.0.0.1", "::1"})
