@@ -11,8 +11,10 @@ Rules core enforces:
 
 * Hooks are synchronous and are called with keyword arguments only; an implementation
   may accept fewer arguments than its spec. Core calls `runtime_build`,
-  `runtime_start` and `runtime_stop` in a worker thread, so blocking is fine there.
-* `runtime_describe` and `runtime_detect` are called on every plugin. The other hooks
+  `runtime_start`, `runtime_stop` and `runtime_forget` in a worker thread, so
+  blocking is fine there.
+* `runtime_describe`, `runtime_detect` and `runtime_substrate` are called on every
+  plugin. The other hooks
   are called only on the plugin that declared the runtime in `runtime_describe`, with
   the runtime's name, and the first non-None answer wins.
 * Two plugins declaring the same runtime name is an error at startup, not a silent
