@@ -17,6 +17,9 @@ from .settings import Settings
 from .store import Store
 
 log = logging.getLogger("tee_daemon")
+# One INFO line per guest-agent call would drown the daemon's own log.
+for noisy in ("httpx", "dstack_sdk"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 class Daemon:
