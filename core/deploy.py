@@ -35,6 +35,7 @@ log = logging.getLogger("tee_daemon.deploy")
 TARBALL_SOURCE = "tarball"
 PROJECT_JSON_MAX = 64 * 1024
 DRAIN_TIMEOUT = 30.0
+RESTORE_CONCURRENCY = 8
 
 
 class Journal(Protocol):
@@ -68,11 +69,17 @@ class Deployer:
     async def restore(self) -> None:
         """After a (re)start, serve every project's current version without rebuilding."""
         self.projects = self.store.load_all()
-        for project in self.projects.values():
-            try:
-                await self._start_and_switch(project.name, project.live)
-            except Exception as exc:  # One broken project must not stop the others.
-                log.error("project %s did not start after restart: %s", project.name, exc)
+        # A few at a time: the daemon listens only once all have started or failed.
+        slots = asyncio.Semaphore(RESTORE_CONCURRENCY)
+
+        async def restore_one(project: Project) -> None:
+            async with slots:
+                try:
+                    await self._start_and_switch(project.name, project.live)
+                except Exception as exc:  # One broken project must not stop the others.
+                    log.error("project %s did not start after restart: %s", project.name, exc)
+
+        await asyncio.gather(*(restore_one(p) for p in self.projects.values()))
 
     async def shutdown(self) -> None:
         routes = list(self.ingress.routes.values())
@@ -111,8 +118,7 @@ class Deployer:
             fetched = await self._prepare(
                 name, previous.next_version, request, live.api_env, live.secrets, None, live
             )
-            if (fetched.commit, fetched.tree_sha256) == (live.commit, live.tree_sha256):
-                shutil.rmtree(self.store.version_dir(name, fetched.version), ignore_errors=True)
+            if fetched is None:
                 return previous, False
             if previous.mode == "attested" and self.journal:
                 self.journal.check_writable()
@@ -185,8 +191,12 @@ class Deployer:
         secrets: dict[str, str],
         upload: BinaryIO | None,
         template: Version | None = None,
-    ) -> Version:
-        """Fetch or unpack, hash, detect and build a new version in its own folder."""
+    ) -> Version | None:
+        """Fetch or unpack, hash, detect and build a new version in its own folder.
+
+        With a `template` (a redeploy of that version), None when the fetched commit and
+        tree are the same as the template's: nothing is built then.
+        """
         scratch = self.store.new_scratch()
         version_dir = self.store.version_dir(name, number)
         try:
@@ -194,6 +204,8 @@ class Deployer:
             tree.mkdir()
             source, ref, commit = await asyncio.to_thread(self._fetch, request, upload, tree)
             ids = await asyncio.to_thread(treehash.tree_ids, tree)
+            if template is not None and (commit, ids.sha256) == (template.commit, template.tree_sha256):
+                return None
             defaults = _read_project_json(tree)
             runtime = request.runtime or defaults.get("runtime")
             entry = check_entry(request.entry or defaults.get("entry"))
