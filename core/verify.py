@@ -10,7 +10,10 @@ Trusts nothing the daemon says without checking it against something else:
 - every audit entry's inclusion proof; the whole log re-hashed to the checkpoint root, so
   the audit cannot leave an entry of this project out; the last entry is what runs,
 - consistency with the checkpoint this machine saw last time from the same URL,
-- with --source, the tree hash recomputed from a folder or a git URL.
+- with --source, the tree hash recomputed from a folder or a git URL,
+- the event log: its IMR-3 digests replayed to the quote's RTMR3, each digest recomputed
+  from its event, and the app-id / compose-hash / instance-id it records (compared with
+  what /_api/substrate publishes in tee_info).
 
 Each check prints one line, PASS or FAIL with the values that matter; exit 0 only when all
 pass. The functions below work on plain JSON so that tests can feed them doctored answers.
@@ -35,6 +38,7 @@ import platformdirs
 
 from .binding import parse_preimage, report_data
 from .canonical import canonical_json, sha256_hex
+from . import eventlog
 from .checkpoint import verify_checkpoint
 from .merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from .quote import quote_report_data, verify_quote
@@ -286,6 +290,63 @@ def check_whole_log(name: str, bundle: dict[str, Any], get: Getter) -> Check:
     return Check("log completeness", ok, detail)
 
 
+# -- the event log: the quote's RTMR3 and the software stack ------------------------------
+
+# /_api/substrate tee_info keys for the identity events, when the daemon publishes them.
+_TEE_INFO_KEYS = {"app-id": "app_id", "compose-hash": "compose_hash", "instance-id": "instance_id"}
+
+
+def substrate_tee_info(get: Getter) -> tuple[dict[str, Any], str]:
+    """(tee_info, "" or why it is missing): only a cross-check, so fetching may fail."""
+    try:
+        info = get("/_api/substrate", None).get("tee_info")
+    except FetchError as exc:
+        return {}, f"/_api/substrate not read ({exc})"
+    return (info, "") if isinstance(info, dict) else ({}, "/_api/substrate has no tee_info")
+
+
+def check_event_log(attestation: dict[str, Any], tee_info: dict[str, Any], why_no_info: str = "") -> list[Check]:
+    """RTMR3 replay, event digests, and the identity the events record (module eventlog).
+
+    Replaying the stated digests proves the log is the one RTMR3 measured; recomputing each
+    digest proves the names and payloads are what those digests stand for. Only with both
+    do the app-id / compose-hash lines say something the quote vouches for.
+    """
+    try:
+        events = eventlog.parse_event_log(attestation.get("event_log") or "")
+    except ValueError as exc:
+        return [Check("event log", False, f"unreadable event log: {exc}")]
+    try:
+        rtmr3 = eventlog.quote_rtmr3(bytes.fromhex(attestation.get("quote") or ""))
+    except ValueError as exc:
+        return [Check("rtmr3 replay", False, f"cannot read RTMR3 from the quote: {exc}")]
+    replayed = eventlog.replay(events)
+    count = sum(1 for e in events if e.imr == 3)
+    same = replayed == rtmr3
+    checks = [Check(
+        "rtmr3 replay", same,
+        f"{count} IMR-3 events replay to {replayed.hex()} {'==' if same else '!='} quote RTMR3 {rtmr3.hex()}",
+    )]  # fmt: skip
+    bad = eventlog.digest_mismatches(events)
+    checks.append(Check(
+        "event digests", not bad,
+        "; ".join(bad) if bad else f"all {count} IMR-3 digests recomputed from event type, name and payload",
+    ))  # fmt: skip
+    for name, values in eventlog.identity(events).items():
+        published = tee_info.get(_TEE_INFO_KEYS[name])
+        if len(values) != 1:
+            checks.append(Check(name, False, f"{len(values)} {name!r} events in the event log (want exactly one): {values}"))
+            continue
+        value = values[0]
+        if isinstance(published, str) and published:
+            ok = published.lower() == value
+            note = f"== tee_info {_TEE_INFO_KEYS[name]}" if ok else f"!= tee_info {_TEE_INFO_KEYS[name]} {published}"
+        else:
+            ok, note = True, f"(not cross-checked: {why_no_info or 'tee_info has no ' + _TEE_INFO_KEYS[name]})"
+        checks.append(Check(name, ok, f"{value or '(empty)'} from the event log {note}"))
+    return checks
+
+
 # -- consistency with what this machine saw before ----------------------------------------
 
 
@@ -388,6 +449,7 @@ def verify(
     )
     binding_checks, _ = check_binding(name, bundle, nonce)
     checks += binding_checks
+    checks += check_event_log(bundle.get("attestation") or {}, *substrate_tee_info(get))
     checks += check_audit(name, bundle)
     checks.append(check_whole_log(name, bundle, get))
     cp = (bundle.get("audit") or {}).get("checkpoint") or {}
