@@ -237,10 +237,11 @@ def python_venv(tree: Path, cache_dir: Path, *, log_path: Path | None) -> Path |
 
     def install(dest: Path) -> None:
         venv = dest / "venv"
-        pip_cache = cache_dir / "pip-cache"
-        pip_cache.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(requirements, dest / "requirements.txt")
-        env = {"PATH": MINIMAL_PATH, "HOME": str(dest), "LANG": "C.UTF-8", "PIP_CACHE_DIR": str(pip_cache)}
+        # No pip cache: a package's build backend runs the requester's code, and a cache
+        # shared between projects would let it plant wheels that another project's
+        # install then trusts. The build may write its own install folder only.
+        env = {"PATH": MINIMAL_PATH, "HOME": str(dest), "LANG": "C.UTF-8", "PIP_NO_CACHE_DIR": "1"}
         roots = python_roots()
         run_step(
             "creating the virtual environment",
@@ -254,7 +255,7 @@ def python_venv(tree: Path, cache_dir: Path, *, log_path: Path | None) -> Path |
                 "--no-input", "--disable-pip-version-check", "--progress-bar", "off",
                 "-r", str(dest / "requirements.txt"),
             ],
-            cwd=dest, env=env, log_path=log_path, read_only=roots, read_write=[dest, pip_cache],
+            cwd=dest, env=env, log_path=log_path, read_only=roots, read_write=[dest],
         )  # fmt: skip
         # The shim's server (granian) comes from the daemon's environment, after the
         # project's own packages on sys.path.
