@@ -63,6 +63,7 @@ class Deployer:
         self.journal = journal
         self.projects: dict[str, Project] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._retiring: set[asyncio.Task] = set()
 
     # -- startup and shutdown -----------------------------------------------------
 
@@ -85,6 +86,10 @@ class Deployer:
         routes = list(self.ingress.routes.values())
         self.ingress.routes.clear()
         await asyncio.gather(*(r.instance.detach() for r in routes), return_exceptions=True)
+        # Replaced instances still draining: stop them now rather than after the drain.
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
 
     # -- the admin operations -------------------------------------------------------
 
@@ -295,14 +300,24 @@ class Deployer:
         self.projects[name] = project
         old_route = self.ingress.routes.get(name)
         self.ingress.routes[name] = new_route
-        if old_route is not None:
-            asyncio.get_running_loop().create_task(self._retire(old_route))
-        self.store.prune_versions(project)
+        if old_route is None:
+            self.store.prune_versions(project)
+        else:
+            task = asyncio.get_running_loop().create_task(self._retire(name, old_route))
+            self._retiring.add(task)  # A reference, so the task is not collected mid-way.
+            task.add_done_callback(self._retiring.discard)
         return project
 
-    async def _retire(self, route: Route) -> None:
-        await route.drained(DRAIN_TIMEOUT)
-        await self._stop(route)
+    async def _retire(self, name: str, route: Route) -> None:
+        """Drain and stop a replaced instance, then drop the versions no longer kept
+        (only now: requests still in flight may read the old version's files)."""
+        try:
+            await route.drained(DRAIN_TIMEOUT)
+        finally:  # Also when cut short by a shutdown.
+            await self._stop(route)
+        project = self.projects.get(name)
+        if project is not None:
+            self.store.prune_versions(project)
 
     async def _start_and_switch(self, name: str, version: Version) -> None:
         self.ingress.routes[name] = await self._start(name, version)
