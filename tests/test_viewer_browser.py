@@ -176,7 +176,8 @@ def test_verification_page_passes_on_a_good_project(daemon, context, name):
     assert response.status == 200
     assert verdict(w) == "pass"
     got = statuses(w)
-    for check in ("report-data", "quote-format", "preimage", "manifest", "checkpoint-note", "checkpoint-sig", "latest"):
+    for check in ("report-data", "quote-format", "rtmr3", "event-digests", "app-identity", "preimage", "manifest",
+                  "checkpoint-note", "checkpoint-sig", "latest"):  # fmt: skip
         assert got.get(check) == "pass", (check, got)
     assert [k for k in got if k.startswith("inclusion-")], got
     assert all(v in ("pass", "info", "warn") for v in got.values()), got
@@ -219,6 +220,18 @@ def _doctor_signature(b):
     cp["signature"] = __import__("base64").b64encode(bytes(sig)).decode()
 
 
+def _doctor_event_digest(b):
+    events = json.loads(b["attestation"]["event_log"])
+    events[1]["digest"] = _flip_hex(events[1]["digest"], 0)
+    b["attestation"]["event_log"] = json.dumps(events)
+
+
+def _doctor_event_removed(b):
+    events = json.loads(b["attestation"]["event_log"])
+    del events[1]
+    b["attestation"]["event_log"] = json.dumps(events)
+
+
 def _doctor_proof(b):
     proof = b["audit"]["entries"][-1]["inclusion_proof"]
     if proof:
@@ -235,8 +248,10 @@ def _doctor_proof(b):
         (_doctor_manifest, "manifest"),
         (_doctor_signature, "checkpoint-sig"),
         (_doctor_proof, "inclusion-"),
+        (_doctor_event_digest, "event-digests"),
+        (_doctor_event_removed, "rtmr3"),
     ],
-    ids=["report-data", "leaf", "manifest", "signature", "proof"],
+    ids=["report-data", "leaf", "manifest", "signature", "proof", "event-digest", "event-removed"],
 )
 def test_verification_page_fails_on_a_doctored_bundle(daemon, context, name, doctor, failing, request):
     attested(daemon, name)

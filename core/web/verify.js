@@ -118,6 +118,46 @@
     return sn === 0 && equalBytes(fr, root1) && equalBytes(sr, root2);
   }
 
+  // -- dstack's event log (see core/eventlog.py for the rules and where they come from) --
+
+  const RUNTIME_EVENT_TYPE = 0x08000001;
+
+  // The digests dstack allows for a runtime event: V1 hashes type:name:payload, V2 a
+  // canonical JSON of the event (two spellings in dstack's sources). [] = not recomputable.
+  async function expectedDigests(e) {
+    if (e.event_type !== RUNTIME_EVENT_TYPE) return [];
+    const payload = hexToBytes(e.event_payload || "");
+    const version = e.version === undefined ? 1 : e.version;
+    if (version === 1) {
+      const type = new Uint8Array(4);
+      new DataView(type.buffer).setUint32(0, RUNTIME_EVENT_TYPE, true);
+      const colon = Uint8Array.of(0x3a);
+      return [await digest("SHA-384", concat(type, colon, enc.encode(e.event), colon, payload))];
+    }
+    if (version === 2) {
+      const hex = bytesToHex(payload);
+      const forms = [
+        { event: e.event, event_type: RUNTIME_EVENT_TYPE, payload: hex, version: 2 },
+        { name: e.event, type: RUNTIME_EVENT_TYPE, payload: hex },
+      ];
+      return Promise.all(forms.map((f) => digest("SHA-384", enc.encode(canonical(f)))));
+    }
+    return [];
+  }
+
+  // RTMR extend: mr = SHA-384(mr || digest) from 48 zero bytes, short digests zero-padded.
+  async function replayRtmr(events, imr) {
+    let mr = new Uint8Array(48);
+    for (const e of events) {
+      if (e.imr !== imr) continue;
+      const d = hexToBytes(e.digest || "");
+      const padded = new Uint8Array(Math.max(48, d.length));
+      padded.set(d);
+      mr = await digest("SHA-384", concat(mr, padded));
+    }
+    return mr;
+  }
+
   // -- recording checks ---------------------------------------------------------------
 
   // status: "pass" | "fail" | "info" | "warn". values: [[label, value], ...]
@@ -181,6 +221,7 @@
     const tee = bundle.tee || att.tee || checkpoint.tee || "unknown";
     let preimage = null;
     let quote = null;
+    let events = null;
 
     // The TEE itself.
     if (tee === "tdx") {
@@ -212,6 +253,56 @@
       record("quote-format", "Quote is a TDX v4 quote", ok ? "pass" : "fail",
         "Header version 4 and TEE type 0x81 (TDX). Its signature is checked by tee-daemon verify.",
         [["version", quote.version], ["TEE type", "0x" + quote.teeType.toString(16)], ["size", att.quote.length / 2 + " bytes"]]);
+    });
+
+    await check("rtmr3", "The event log replays to the quote's RTMR3", async () => {
+      if (!quote) quote = parseQuote(hexToBytes(att.quote));
+      events = typeof att.event_log === "string" ? JSON.parse(att.event_log) : att.event_log;
+      if (!Array.isArray(events)) throw new Error("the bundle has no event log");
+      const got = await replayRtmr(events, 3);
+      const ok = equalBytes(got, quote.RTMR3);
+      record("rtmr3", "The event log replays to the quote's RTMR3", ok ? "pass" : "fail",
+        ok ? "The quote measured exactly these runtime events, in this order."
+           : "The event log is not the one the quote measured: an event was changed, added, removed or reordered.",
+        [["replayed", bytesToHex(got)], ["quote RTMR3", bytesToHex(quote.RTMR3)],
+         ["IMR-3 events", events.filter((e) => e.imr === 3).length]]);
+    });
+
+    await check("event-digests", "Each event's digest matches its name and payload", async () => {
+      if (!events) throw new Error("no event log");
+      const bad = [];
+      for (const [i, e] of events.entries()) {
+        if (e.imr !== 3) continue;
+        const allowed = (await expectedDigests(e)).map(bytesToHex);
+        if (!allowed.includes(String(e.digest).toLowerCase())) bad.push(`#${i} ${e.event}`);
+      }
+      record("event-digests", "Each event's digest matches its name and payload", bad.length ? "fail" : "pass",
+        bad.length ? "These events' payloads are not what their digests measured: " + bad.join(", ")
+                   : "The names and payloads below are what RTMR3 measured.",
+        []);
+    });
+
+    await check("app-identity", "App identity from the event log", async () => {
+      if (!events) throw new Error("no event log");
+      let info = {};
+      try {
+        const res = await fetch("/_api/substrate", { headers: { Accept: "application/json" } });
+        if (res.ok) info = (await res.json()).tee_info || {};
+      } catch { info = {}; }
+      const rows = [];
+      const bad = [];
+      for (const [name, key] of [["app-id", "app_id"], ["compose-hash", "compose_hash"], ["instance-id", "instance_id"]]) {
+        const values = events.filter((e) => e.imr === 3 && e.event_type === RUNTIME_EVENT_TYPE && e.event === name)
+          .map((e) => String(e.event_payload || "").toLowerCase());
+        const published = typeof info[key] === "string" && info[key] ? info[key].toLowerCase() : null;
+        if (values.length !== 1) bad.push(`${values.length} ${name} events`);
+        else if (published && published !== values[0]) bad.push(`${name} differs from the daemon's tee_info ${key}`);
+        rows.push([name, values.join(", ") || "(none)"]);
+      }
+      record("app-identity", "App identity from the event log", bad.length ? "fail" : "pass",
+        bad.length ? bad.join("; ")
+                   : "The dstack app, its compose file hash and the instance, as measured into RTMR3 (and as the daemon reports them).",
+        rows);
     });
 
     await check("preimage", "Preimage fields match the manifest, the checkpoint and the nonce", async () => {
