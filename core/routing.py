@@ -79,7 +79,10 @@ class Ingress:
         child["path"] = "/" + rest
         raw = scope.get("raw_path")
         if raw is not None:
-            child["raw_path"] = raw[len(name) + 1 :] or b"/"
+            raw_name, _, raw_rest = raw[1:].partition(b"/")
+            # A name sent percent-encoded leaves no clean raw prefix to cut: let the
+            # project's path be re-encoded from the decoded one instead.
+            child["raw_path"] = b"/" + raw_rest if raw_name == name.encode() else None
         child["root_path"] = scope.get("root_path", "") + "/" + name
         route.active += 1
         try:

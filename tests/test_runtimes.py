@@ -298,3 +298,11 @@ def test_substrate_reports_runtime_versions(daemon):
         assert facts["runtimes"][runtime]["version"], runtime
     assert facts["isolation"]["kind"] in ("bubblewrap", "none")
 
+
+
+def test_percent_encoded_name_and_path_reach_the_handler(daemon, name):
+    deploy_ok(daemon, name, app_files("deno-hello"))
+    encoded = "".join(f"%{ord(c):02X}" for c in name)
+    body = daemon.get(f"/{encoded}/a%20b/c?x=1").json()
+    assert body["path"] == "/a%20b/c" and body["query"] == "?x=1"
+    assert daemon.get(f"/{name}/a%20b/c").json()["path"] == "/a%20b/c"

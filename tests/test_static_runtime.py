@@ -121,3 +121,8 @@ def test_custom_404_page(daemon, name):
     daemon.deploy_files(name, {"index.html": "i", "404.html": "custom missing"})
     r = daemon.get(f"/{name}/nope")
     assert r.status_code == 404 and r.text == "custom missing"
+
+
+def test_percent_encoded_project_name_routes_to_the_right_path(daemon, site):
+    encoded = "".join(f"%{ord(c):02X}" for c in site)
+    assert daemon.get(f"/{encoded}/sub/page.html").text == "page"
