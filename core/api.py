@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request, Response, delete, get, post
@@ -25,6 +25,7 @@ from .errors import NotFound, UserError
 from .models import NAME_RE, DeployRequest, Project
 
 MiB = 2**20
+T = TypeVar("T")
 
 
 def daemon_of(connection: ASGIConnection) -> Daemon:
@@ -136,7 +137,7 @@ async def create_project(request: Request) -> dict[str, Any]:
     limit = daemon.settings.max_upload_bytes + MiB
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        deploy_request, upload = await _read_multipart(request, limit)
+        deploy_request, upload = await _read_multipart(request)
     elif content_type.startswith("application/json") or not content_type:
         body = await _read_body(request, limit)
         deploy_request, upload = _decode_request(body, "request body"), None
@@ -171,7 +172,7 @@ async def redeploy(request: Request, name: str) -> dict[str, Any]:
 @post("/_api/projects/{name:str}/rollback", **ADMIN, status_code=HTTP_200_OK)
 async def rollback(request: Request, name: str) -> dict[str, Any]:
     body = await _read_body(request, 64 * 1024)
-    wanted = msgspec.json.decode(body, type=RollbackRequest) if body.strip() else RollbackRequest()
+    wanted = _decode(body, RollbackRequest, "request body") if body.strip() else RollbackRequest()
     with counted(request, name, "rollback"):
         project = await daemon_of(request).deployer.rollback(name, wanted.version)  # type: ignore[union-attr]
     return describe(request, project)
@@ -199,15 +200,19 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _decode_request(raw: bytes | str, where: str) -> DeployRequest:
+    return _decode(raw, DeployRequest, where)
+
+
+def _decode(raw: bytes | str, kind: type[T], where: str) -> T:
     try:
-        return msgspec.json.decode(raw, type=DeployRequest)
+        return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
         raise UserError(f"invalid {where}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise UserError(f"{where} is not valid JSON: {exc}") from None
 
 
-async def _read_multipart(request: Request, limit: int) -> tuple[DeployRequest, io.BufferedIOBase]:
+async def _read_multipart(request: Request) -> tuple[DeployRequest, io.BufferedIOBase]:
     try:
         form = await request.form()
     except HTTPException:

@@ -207,3 +207,13 @@ def test_failed_deploy_keeps_previous_version(daemon, name):
     assert bad.status_code == 400
     assert daemon.get(f"/{name}/").text == "good"
     assert daemon.get(f"/_api/projects/{name}", admin=True).json()["version"] == 1
+
+
+@pytest.mark.parametrize("body", [b"{bad", b'{"version": "two"}', b'{"to": 1}', b"[1]"])
+def test_malformed_rollback_bodies(daemon, name, body):
+    daemon.deploy_files(name, {"index.html": "1"})
+    daemon.deploy_files(name, {"index.html": "2"})
+    with daemon.client() as c:
+        r = c.post(f"/_api/projects/{name}/rollback", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["detail"]
+    assert daemon.get(f"/{name}/").text == "2"
