@@ -26,6 +26,7 @@ import base64
 import json
 import logging
 import os
+import re
 import struct
 import time
 from typing import Any
@@ -44,6 +45,9 @@ HIGH_WATER = 256 * 1024  # pause reading from the upstream above this many buffe
 MAX_HEAD = 64 * 1024  # response status line + headers
 HEAD_TIMEOUT = 300.0  # for the upstream's response head (then 504)
 CONNECT_TIMEOUT = 10.0
+
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9a-z-]+")  # a header name (RFC 9110 5.6.2), lower case
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # controls other than HTAB
 
 _HOP_BY_HOP = frozenset(
     {
@@ -384,6 +388,25 @@ def _forward_headers(scope: Scope, drop: frozenset[bytes]) -> tuple[list[bytes],
 # -- response head --------------------------------------------------------------------
 
 
+def _status(status_line: bytes) -> int:
+    """The status code of `HTTP/1.x NNN reason`: three ASCII digits, 100-999. Anything
+    else would make the front server fail (an invalid status code panics granian's
+    worker and takes the whole daemon down)."""
+    code = status_line[9:12]
+    if (
+        not status_line.startswith(b"HTTP/1.")
+        or not (code.isdigit() and len(code) == 3 and code[0:1] != b"0")
+        or status_line[12:13] not in (b"", b" ")
+    ):
+        raise _UpstreamError(f"bad status line {status_line[:80]!r}")
+    return int(code)
+
+
+def _valid_header(name: bytes, value: bytes) -> bool:
+    """A header the front server accepts: a token name, no control characters but HTAB."""
+    return bool(_TOKEN.fullmatch(name)) and not _BAD_VALUE.search(value)
+
+
 def _parse_head(head: bytes) -> tuple[int, list[tuple[bytes, bytes]], int | None, bool, bool]:
     """(status, headers, content-length, chunked, keep-alive) of a response head."""
     # Lines end in CRLF; a bare LF is accepted too (RFC 9112 section 2.2), as CGI
@@ -392,10 +415,7 @@ def _parse_head(head: bytes) -> tuple[int, list[tuple[bytes, bytes]], int | None
     status_line = lines[0].rstrip(b"\r")
     if not status_line.startswith(b"HTTP/1.") or len(status_line) < 12:
         raise _UpstreamError(f"bad status line {status_line[:80]!r}")
-    try:
-        status = int(status_line[9:12])
-    except ValueError:
-        raise _UpstreamError(f"bad status line {status_line[:80]!r}") from None
+    status = _status(status_line)
     keep_alive = status_line[7:8] == b"1"
     headers: list[tuple[bytes, bytes]] = []
     length = None
@@ -407,6 +427,9 @@ def _parse_head(head: bytes) -> tuple[int, list[tuple[bytes, bytes]], int | None
             continue
         name = name.strip().lower()
         value = value.strip()
+        if not _valid_header(name, value):
+            # The front server refuses such headers with a 500; they are the project's fault.
+            raise _UpstreamError(f"bad response header {line[:80]!r}")
         if name in _HOP_BY_HOP:
             if name == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
@@ -421,6 +444,12 @@ def _parse_head(head: bytes) -> tuple[int, list[tuple[bytes, bytes]], int | None
         if name == b"content-length":
             if not value.isdigit():  # A project's garbage must become a 502, not a 500.
                 raise _UpstreamError(f"bad content-length {value[:40]!r}")
+            if length is not None:
+                # Two lengths: the client would frame the body by one and we by the other,
+                # so the rest of it would be read as the next response (RFC 9112 6.3).
+                if int(value) != length:
+                    raise _UpstreamError("conflicting content-length headers")
+                continue
             length = int(value)
         headers.append((name, value))
     if drop_extra:
@@ -672,7 +701,10 @@ class Proxy:
             finally:
                 timer.cancel()
             lines_ = raw.split(b"\r\n")
-            status = int(lines_[0][9:12]) if lines_[0].startswith(b"HTTP/1.") else 0
+            try:
+                status = _status(lines_[0])
+            except _UpstreamError:
+                status = 0
             if status != 101:
                 await send({"type": "websocket.close", "code": 1011 if status >= 500 or not status else 1008})
                 return
@@ -682,7 +714,11 @@ class Proxy:
                 name, sep, value = line.partition(b":")
                 name = name.strip().lower()
                 value = value.strip()
+                if sep and not _valid_header(name, value):
+                    raise _UpstreamError(f"bad handshake header {line[:80]!r}")
                 if name == b"sec-websocket-protocol":
+                    if value.decode("latin-1") not in protocols:
+                        raise _UpstreamError(f"subprotocol {value[:40]!r} was not offered")
                     subprotocol = value.decode("latin-1")
                 elif sep and name not in _DROP_WS_RESPONSE:
                     extra.append((name, value))
