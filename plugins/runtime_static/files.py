@@ -15,6 +15,7 @@ import mimetypes
 import os
 import stat
 from pathlib import Path
+from urllib.parse import quote
 
 from tee_daemon.runtime import Receive, Scope, Send
 
@@ -79,6 +80,7 @@ class _File:
         ]
 
 
+_PATH_SAFE = "/!$&'()*+,;=:@~"  # sub-delims, ':' and '@' stay as they are in a path
 ADD_SLASH = "add-slash"  # A folder asked for without its trailing slash.
 SMALL_FILE = 64 * 1024  # Files up to this size are kept in memory...
 CACHE_BYTES = 32 * 2**20  # ...up to this many bytes per version.
@@ -147,7 +149,9 @@ class StaticFiles:
         entry = self._lookup(path)
         if entry is ADD_SLASH:
             # Relative links in index.html resolve against the folder, so add the slash.
-            location = scope.get("root_path", "") + path + "/"
+            # The folder's name goes out percent-encoded: control characters in a file
+            # name must not reach the header (the front server would answer 500).
+            location = scope.get("root_path", "") + quote(path + "/", safe=_PATH_SAFE)
             if scope.get("query_string"):
                 location += "?" + scope["query_string"].decode("latin-1")
             await _redirect(send, location)
