@@ -104,8 +104,9 @@ async def verification(request: Request, name: str) -> Response:
             html = page(daemon_of(request), name)
             if inspect.isawaitable(html):
                 html = await html
-            return Response(html, media_type="text/html")
-    return Response(await verification_json(request, name))
+            return viewer.html_response(html)  # CSP, nosniff, no framing, Vary: Accept
+    # One URL, two representations: a shared cache must key on Accept.
+    return Response(await verification_json(request, name), headers={"Vary": "Accept"})
 
 
 # -- the whole log ---------------------------------------------------------------------
