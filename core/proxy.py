@@ -45,6 +45,7 @@ HIGH_WATER = 256 * 1024  # pause reading from the upstream above this many buffe
 MAX_HEAD = 64 * 1024  # response status line + headers
 HEAD_TIMEOUT = 300.0  # for the upstream's response head (then 504)
 CONNECT_TIMEOUT = 10.0
+MAX_WS_MESSAGE = 64 * 2**20  # one websocket message from a project, fragments included
 
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9a-z-]+")  # a header name (RFC 9110 5.6.2), lower case
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # controls other than HTAB
@@ -888,7 +889,7 @@ async def _read_frame(conn: _Conn) -> tuple[bool, int, bytes]:
         await need(10)
         n = struct.unpack_from("!Q", conn.buf, 2)[0]
         offset = 10
-    if n > 64 * 2**20:
+    if n > MAX_WS_MESSAGE:
         raise _UpstreamError("websocket frame too large")
     key = b""
     if masked:
@@ -939,6 +940,7 @@ async def _ws_relay(conn: _Conn, receive: Receive, send: Send) -> None:
     async def upstream_to_client() -> None:
         fragments: list[bytes] = []
         fragment_op = 0
+        buffered = 0
         while True:
             try:
                 fin, opcode, payload = await _read_frame(conn)
@@ -964,9 +966,21 @@ async def _ws_relay(conn: _Conn, receive: Receive, send: Send) -> None:
                 return
             if opcode == _OP_CONT:
                 fragments.append(payload)
+                buffered += len(payload)
             else:
                 fragment_op = opcode
                 fragments = [payload]
+                buffered = len(payload)
+            if buffered > MAX_WS_MESSAGE:
+                # A project streaming endless fragments must not grow the daemon's memory:
+                # drop what is buffered, hang up on the project, then close the client.
+                fragments = []
+                conn.close()
+                try:
+                    await asyncio.wait_for(_ws_close_quietly(send, 1009), CONNECT_TIMEOUT)
+                except asyncio.TimeoutError:
+                    pass
+                return
             if not fin:
                 continue
             data = b"".join(fragments) if len(fragments) > 1 else fragments[0]

@@ -4,7 +4,10 @@ and never let the project's framing desynchronise the client's connection."""
 
 from __future__ import annotations
 
+import os
 import socket
+import time
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +30,19 @@ RESP = {
     "/ws-bad-name": b"HTTP/1.1 101 S\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX A: b\r\n\r\n",
     "/ws-bad-protocol": b"HTTP/1.1 101 S\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Protocol: a\x01b\r\n\r\n",
 }
+STATE = {"sent_mib": 0, "done": False}
+
+def endless_fragments(c):
+    try:
+        c.sendall(b"HTTP/1.1 101 S\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        mib = b"x" * 2**20
+        c.sendall(b"\x01\x7f" + (2**20).to_bytes(8, "big") + mib)  # text, not final
+        for _ in range(400):
+            c.sendall(b"\x00\x7f" + (2**20).to_bytes(8, "big") + mib)  # continuation, not final
+            STATE["sent_mib"] += 1
+    finally:
+        STATE["done"] = True
+
 def serve(c):
     try:
         data = b""
@@ -36,6 +52,12 @@ def serve(c):
                 return
             data += chunk
         path = data.split(b" ")[1].decode()
+        if path == "/ws-endless":
+            return endless_fragments(c)
+        if path == "/ws-progress":
+            body = ("%(sent_mib)d %(done)s" % STATE).encode()
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            return
         c.sendall(RESP.get(path, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine"))
         time.sleep(0.2)
     finally:
@@ -118,3 +140,37 @@ def test_garbage_websocket_handshake_from_a_project_is_refused(daemon, raw_proje
     assert daemon.get("/_api/health").status_code == 200
     assert not answer.startswith(b"HTTP/1.1 101"), answer[:200]
     assert not answer.startswith(b"HTTP/1.1 500"), answer[:200]
+
+
+def _group_rss_mib(pgid: int) -> float:
+    total = 0
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:  # field 5 of stat: the process group
+                total += int((status.parent / "statm").read_text().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_endless_websocket_fragments_from_a_project_are_bounded(daemon, raw_project):
+    """The project sends one text message of 400 MiB in 1 MiB fragments; the daemon must
+    give up on it (closing the upstream) instead of buffering it all."""
+    before = _group_rss_mib(daemon.proc.pid)
+    peak = before
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=60) as s:
+        s.sendall(
+            f"GET /{raw_project}/ws-endless HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            peak = max(peak, _group_rss_mib(daemon.proc.pid))
+            sent, done = daemon.get(f"/{raw_project}/ws-progress").text.split()
+            if done == "True":
+                break
+            time.sleep(0.2)
+    assert daemon.proc.poll() is None
+    assert int(sent) < 400, "the daemon read the whole endless message"
+    assert peak - before < 250, f"the daemon buffered {peak - before:.0f} MiB of one websocket message"
