@@ -119,7 +119,7 @@ class Deployer:
             live = previous.live
             if live.source == TARBALL_SOURCE:
                 raise UserError("redeploy re-fetches a git source; upload a new tarball instead")
-            request = DeployRequest(name=name, source=live.source, ref=live.ref)
+            request = DeployRequest(name=name, source=live.fetch_url or live.source, ref=live.ref)
             fetched = await self._prepare(
                 name, previous.next_version, request, live.api_env, live.secrets, None, live
             )
@@ -224,9 +224,11 @@ class Deployer:
             entry = entry or self.registry.default_entry(runtime)
             if entry is not None and not (tree / entry).is_file():
                 raise UserError(f"entry file {entry!r} is not in the project")
+            public_source = gitsource.redact(source)  # URL credentials never go public
             version = Version(
                 version=number,
-                source=source,
+                source=public_source,
+                fetch_url=source if public_source != source else None,
                 ref=ref,
                 commit=commit,
                 runtime=runtime,

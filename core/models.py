@@ -51,6 +51,9 @@ class Version(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     # The env the API asked for, kept apart so a redeploy can re-merge project.json.
     api_env: dict[str, str] = {}
+    # The git URL as given, when it carries credentials (user:token@): private like a
+    # secret, used only to fetch again. `source` is the same URL without them.
+    fetch_url: str | None = None
 
     @property
     def secret_names(self) -> list[str]:
