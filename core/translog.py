@@ -115,20 +115,20 @@ class TransparencyLog:
                 text = raw.decode("utf-8")
                 event = json.loads(text)
             except (UnicodeDecodeError, ValueError):
-                raise LogDamaged(f"line {i + 1} of {self.path} is not valid JSON") from None
+                raise LogDamaged(f"line {i + 1} of {self.path.name} is not valid JSON") from None
             if not isinstance(event, dict):
-                raise LogDamaged(f"line {i + 1} of {self.path} is not a JSON object")
+                raise LogDamaged(f"line {i + 1} of {self.path.name} is not a JSON object")
             if event.get("index") != i:
                 raise LogDamaged(
-                    f"line {i + 1} of {self.path} has index {event.get('index')!r}, expected {i}"
+                    f"line {i + 1} of {self.path.name} has index {event.get('index')!r}, expected {i}"
                     " (a line was deleted, duplicated or reordered)"
                 )
             try:
                 canonical = make_leaf(event)
             except ValueError as e:
-                raise LogDamaged(f"line {i + 1} of {self.path}: {e}") from None
+                raise LogDamaged(f"line {i + 1} of {self.path.name}: {e}") from None
             if canonical != raw:
-                raise LogDamaged(f"line {i + 1} of {self.path} is not canonical JSON")
+                raise LogDamaged(f"line {i + 1} of {self.path.name} is not canonical JSON")
             self._leaves.append(text)
             self._tree.append(leaf_hash(raw))
         self._check_roots(roots, torn)
@@ -142,15 +142,15 @@ class TransparencyLog:
             if line != self._tree.root(i + 1).hex().encode() + b"\n":
                 raise LogDamaged(
                     f"the stored root after entry {i} does not match the leaves: "
-                    f"line {i + 1} of {self.path} (or of {self.roots_path}) was altered"
+                    f"line {i + 1} of {self.path.name} (or of {self.roots_path.name}) was altered"
                 )
         if whole > n:
             raise LogDamaged(
-                f"{self.roots_path} records {whole} entries but {self.path} holds {n}: "
+                f"{self.roots_path.name} records {whole} entries but {self.path.name} holds {n}: "
                 "entries were removed from the end of the log"
             )
         if whole < n - 1 or (whole == n - 1 and torn):
-            raise LogDamaged(f"{self.roots_path} is missing roots for entries {whole}..{n - 1}")
+            raise LogDamaged(f"{self.roots_path.name} is missing roots for entries {whole}..{n - 1}")
         self._recover(torn=torn, roots_missing=n - whole, torn_roots=torn_roots)
 
     def _recover(self, torn: int, roots_missing: int, torn_roots: int) -> None:

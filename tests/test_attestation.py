@@ -342,6 +342,7 @@ def test_damaged_log_detected_on_start_and_refused(fresh_daemon, damage):
         r = d.get(path)
         assert r.status_code == 503, (path, r.text)
         assert "damaged" in r.json()["detail"]
+        assert str(d.data_dir) not in r.text  # Public answers do not show the daemon's paths.
     # Changes to attested projects are refused with a clear error; dev ones still deploy.
     r = d.deploy_files("site", {"index.html": "three"})
     assert r.status_code == 503 and "damaged" in r.json()["detail"]
