@@ -41,7 +41,11 @@ class Daemon:
         from .accesslog import AccessLog
 
         proxy.configure(self.settings.max_request_body, self.settings.trusted_proxies)
-        process.configure(idle_stop=self.settings.idle_stop, start_timeout=self.settings.start_timeout)
+        process.configure(
+            idle_stop=self.settings.idle_stop,
+            start_timeout=self.settings.start_timeout,
+            network=self.settings.project_network,
+        )
         self.ingress = Ingress(api, access_log=AccessLog(self.settings.data_dir / "logs" / "access.log"))
         self.deployer = Deployer(self.settings, self.store, self.registry, self.ingress)
         return self.ingress

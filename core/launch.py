@@ -19,6 +19,11 @@ def start(ctx: StartContext, **plan) -> Instance:
     return process.start_process(ctx, **plan)
 
 
+def listen_dir(ctx: StartContext):
+    """The folder a version's unix socket lives in (isolated network, process backend), else None."""
+    return process.socket_dir(ctx.run_dir) if ctx.backend != "docker" else None
+
+
 def forward(instance: Instance) -> ASGIApp:
     if isinstance(instance, docker_backend.ContainerInstance):
         return docker_backend.forward_app(instance)

@@ -8,11 +8,16 @@
 * wraps the argv in bubblewrap when it works on this machine (`sandbox_argv`): the
   project sees read-only system folders and runtime binaries, its own tree and build
   folder, its data dir read-write, a private /tmp, and nothing else of this machine's
-  files (no other project, no daemon state); pid/ipc/uts namespaces are private, the
-  network is shared so the process can listen on loopback and reach the internet;
-* listens on a loopback port the daemon picked (`free_port`); `ready` polls a TCP
-  connect and fails with the exit code and the last log lines when the process exits
-  or is not listening in time;
+  files (no other project, no daemon state); pid/ipc/uts namespaces are private; the
+  network is shared (``configure(network="shared")``, the default: the process
+  listens on loopback and reaches the internet) or, with ``network="isolated"``, a
+  namespace of its own holding only its loopback (no other project, no daemon, no
+  internet);
+* listens on a loopback port the daemon picked (`free_port`), or when isolated on a
+  unix socket in a folder of its run dir bound into the sandbox at the same path
+  (env ``LISTEN_UNIX``; a short folder under /tmp when that path would be too long for
+  a socket address); `ready` polls a connect and fails with the exit code and the
+  last log lines when the process exits or is not listening in time;
 * after it served once, restarts it when it dies, with exponential backoff; a crash
   loop shows in `describe()` (``state: crash-loop``) and as a line in the log;
 * `stop` sends SIGTERM to the process group, then SIGKILL;
@@ -39,6 +44,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import weakref
 from pathlib import Path
@@ -60,13 +66,24 @@ IDLE_CHECK_MAX = 5.0  # The idle sweep runs at least this often (and 4x per idle
 
 _idle_stop = 0.0  # Seconds without a request before a process is parked; 0 = never.
 _wake_timeout = 30.0  # How long a cold start may take (the daemon's start_timeout).
+_network = "shared"  # "shared" (loopback port, outbound allowed) or "isolated".
+NETWORK_MODES = ("shared", "isolated")
+SOCKET_NAME = "app.sock"
+SUN_PATH_MAX = 100  # sun_path holds 108 bytes with the NUL; keep a margin.
 
 
-def configure(*, idle_stop: float, start_timeout: float) -> None:
-    """Daemon settings for scale to zero (called once at start-up)."""
-    global _idle_stop, _wake_timeout
+def configure(*, idle_stop: float, start_timeout: float, network: str = "shared") -> None:
+    """Daemon settings for scale to zero and the projects' network (called once at start-up)."""
+    global _idle_stop, _wake_timeout, _network
+    if network not in NETWORK_MODES:
+        raise ValueError(f"network must be one of {NETWORK_MODES}, not {network!r}")
     _idle_stop = max(float(idle_stop), 0.0)
     _wake_timeout = float(start_timeout)
+    _network = network
+
+
+def network_mode() -> str:
+    return _network
 
 # -- the sandbox ----------------------------------------------------------------------
 
@@ -113,6 +130,24 @@ def bwrap() -> str | None:
 
 
 @functools.cache
+def bwrap_isolates_network() -> bool:
+    """Whether bubblewrap can also give a process a network namespace of its own here."""
+    tool = bwrap()
+    if tool is None:
+        return False
+    try:
+        probe = subprocess.run(
+            [tool, *_system_binds(), "--unshare-all", "--die-with-parent", "--", "/bin/true"],
+            capture_output=True,
+            timeout=10,
+            env={"PATH": MINIMAL_PATH},
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return probe.returncode == 0
+
+
+@functools.cache
 def bwrap_version() -> str | None:
     path = bwrap()
     if path is None:
@@ -150,8 +185,10 @@ def sandbox_argv(
     read_only: list[Path],
     read_write: list[Path],
     cwd: Path,
+    isolate_network: bool = False,
 ) -> list[str]:
-    """`argv` wrapped in bubblewrap (when available) exposing only the given folders."""
+    """`argv` wrapped in bubblewrap (when available) exposing only the given folders;
+    with `isolate_network`, in a network namespace of its own (only its loopback)."""
     tool = bwrap()
     if tool is None:
         return argv
@@ -166,7 +203,8 @@ def sandbox_argv(
             binds.append((flag, real))
     # Parents before children, so a nested bind is not hidden by its parent's.
     binds.sort(key=lambda b: (b[1].count("/"), b[1]))
-    args = [tool, "--unshare-all", "--share-net", "--die-with-parent", *_system_binds()]
+    share = [] if isolate_network else ["--share-net"]
+    args = [tool, "--unshare-all", *share, "--die-with-parent", *_system_binds()]
     for flag, real in binds:
         args += [flag, real, real]
     args += ["--chdir", str(cwd), "--"]
@@ -181,6 +219,10 @@ def isolation_facts() -> dict[str, Any]:
             "kind": "none",
             "detail": "bubblewrap unavailable: projects run as plain processes with a clean "
             "environment on loopback (Deno still gets permission flags)",
+            "network_mode": _network,
+            "network": "isolated requested but unavailable without bubblewrap: projects are refused"
+            if _network == "isolated"
+            else "shared",
         }
     return {
         "kind": "bubblewrap",
@@ -188,7 +230,12 @@ def isolation_facts() -> dict[str, Any]:
         "namespaces": ["mount", "pid", "ipc", "uts", "cgroup", "user (when permitted)"],
         "filesystem": "read-only system folders and runtimes; own tree and build read-only; "
         "own data dir read-write; private /tmp; no other project's files, no daemon state",
-        "network": "shared; projects listen on 127.0.0.1 only",
+        "network_mode": _network,
+        "network": "isolated: each project has a network namespace of its own (only its own "
+        "loopback; no other project, no daemon, no internet) and is served over a unix socket"
+        if _network == "isolated"
+        else "shared; projects listen on 127.0.0.1 only and can reach other loopback ports "
+        "and the internet",
         "environment": "manifest env, secrets, DATA_DIR, PORT, HOME, PATH only",
     }
 
@@ -208,6 +255,38 @@ def free_port() -> int:
             _handed_out.add(port)
             return port
     raise DeployFailed("no free loopback port")
+
+
+_socket_dirs: dict[Path, Path] = {}  # run dir -> the folder of its socket
+
+
+def socket_dir(run_dir: Path) -> Path | None:
+    """The folder a version listens in when the network is isolated (else None).
+
+    ``<run dir>/net`` when a socket path there fits a socket address (108 bytes with
+    the NUL), else a private folder made under /tmp. The same answer for one run dir,
+    so a plugin may ask for it (Deno's permission flags) before `start_process` does.
+    """
+    if _network != "isolated":
+        return None
+    run_dir = Path(run_dir).resolve()
+    found = _socket_dirs.get(run_dir)
+    if found is not None:
+        return found
+    folder = run_dir / "net"
+    if len(os.fsencode(str(folder / SOCKET_NAME))) <= SUN_PATH_MAX:
+        folder.mkdir(mode=0o700, exist_ok=True)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="tee-net-", dir="/tmp")).resolve()  # mode 0700
+    _socket_dirs[run_dir] = folder
+    return folder
+
+
+def _release_socket_dir(folder: Path) -> None:
+    for run_dir, known in list(_socket_dirs.items()):
+        if known == folder:
+            del _socket_dirs[run_dir]
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def rotate(path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> bool:
@@ -305,14 +384,24 @@ class ProcessInstance(Instance):
         read_only: list[Path] = (),  # type: ignore[assignment]
         read_write: list[Path] = (),  # type: ignore[assignment]
         facts: dict[str, Any] | None = None,
+        socket_path: Path | None = None,
     ) -> None:
         self.label = label
         self.port = port
-        self.upstream: tuple[str, int] = ("127.0.0.1", port)
+        # Isolated network: the process listens on `socket_path` (in a folder bound
+        # read-write into its sandbox), never on a port.
+        self.socket_path = socket_path
+        self.upstream: tuple[str, int] | str = str(socket_path) if socket_path else ("127.0.0.1", port)
         self.env = dict(env)
         self.cwd = cwd
         self.log_path = log_path
-        self.argv = sandbox_argv(argv, read_only=list(read_only), read_write=list(read_write), cwd=cwd)
+        self.argv = sandbox_argv(
+            argv,
+            read_only=list(read_only),
+            read_write=list(read_write),
+            cwd=cwd,
+            isolate_network=socket_path is not None,
+        )
         self.sandboxed = self.argv is not argv and self.argv[0] == bwrap()
         self.facts = dict(facts or {})
         self.proc: subprocess.Popen | None = None
@@ -340,6 +429,11 @@ class ProcessInstance(Instance):
     def spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         rotate(self.log_path)
+        if self.socket_path is not None:
+            try:  # A socket file left by the previous process: binding needs the name free.
+                self.socket_path.unlink()
+            except FileNotFoundError:
+                pass
         fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             self._log_offset = os.fstat(fd).st_size
@@ -370,9 +464,17 @@ class ProcessInstance(Instance):
             message += f"; last log lines:\n{output}"
         return DeployFailed(message, log=output)
 
+    @property
+    def address(self) -> str:
+        return f"unix:{self.socket_path}" if self.socket_path is not None else f"127.0.0.1:{self.port}"
+
     async def _listening(self) -> bool:
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(*self.upstream), 1.0)
+            if isinstance(self.upstream, str):
+                connect = asyncio.open_unix_connection(self.upstream)
+            else:
+                connect = asyncio.open_connection(*self.upstream)
+            _, writer = await asyncio.wait_for(connect, 1.0)
         except (OSError, asyncio.TimeoutError):
             return False
         writer.close()
@@ -395,7 +497,8 @@ class ProcessInstance(Instance):
             if await self._listening():
                 return
             if time.monotonic() > deadline:
-                raise self._failure(f"was not listening on port {self.port} after {timeout:g}s")
+                where = f"on port {self.port}" if self.socket_path is None else f"at {self.socket_path}"
+                raise self._failure(f"was not listening {where} after {timeout:g}s")
             await asyncio.sleep(pause)
             pause = min(pause * 1.5, 0.1)
 
@@ -421,7 +524,8 @@ class ProcessInstance(Instance):
     def describe(self) -> dict[str, Any]:
         return {
             "pid": self.proc.pid if self.proc and not self.parked else None,
-            "address": f"127.0.0.1:{self.port}",
+            "address": self.address,
+            "network": "isolated" if self.socket_path is not None else "shared",
             "state": self.state,
             "restarts": self.restarts,
             "cold_starts": self.cold_starts,
@@ -446,6 +550,8 @@ class ProcessInstance(Instance):
                 await asyncio.gather(task, return_exceptions=True)
         await self._terminate(self.proc)
         _handed_out.discard(self.port)
+        if self.socket_path is not None:
+            _release_socket_dir(self.socket_path.parent)
 
     async def _terminate(self, proc: subprocess.Popen | None) -> None:
         """End `proc` and its group: SIGTERM to the program, SIGKILL after the grace."""
@@ -536,6 +642,8 @@ class ProcessInstance(Instance):
             self._waking = None
 
     def _new_port(self) -> None:
+        if self.socket_path is not None:
+            return  # A socket in a folder of its own: nobody else can take it.
         old = self.port
         try:
             self.port = free_port()
@@ -771,13 +879,25 @@ def start_process(
     path_dirs: list[Path] = (),  # type: ignore[assignment]
     facts: dict[str, Any] | None = None,
 ) -> ProcessInstance:
-    """Start one version of a project as a supervised, sandboxed process on loopback.
+    """Start one version of a project as a supervised, sandboxed process on loopback
+    (or, with the isolated network, on a unix socket in a network namespace of its own).
 
     The sandbox exposes the version's tree and build folder and the runtime folders in
     `read_only` read-only, and the project's data dir read-write; nothing else.
     """
-    port = free_port()
+    folder = socket_dir(ctx.run_dir)
+    if folder is not None and not bwrap_isolates_network():
+        _release_socket_dir(folder)
+        raise DeployFailed(
+            "the project network is isolated (TEE_DAEMON_PROJECT_NETWORK=isolated) but bubblewrap "
+            "cannot create a network namespace on this machine; refusing to run the project unisolated"
+        )
+    socket_path = folder / SOCKET_NAME if folder is not None else None
+    port = free_port() if socket_path is None else 0
     env = base_env(ctx.env, data_dir=ctx.data_dir, port=port, path_dirs=list(path_dirs))
+    if socket_path is not None:
+        del env["PORT"]
+        env["LISTEN_UNIX"] = str(socket_path)
     env.update(extra_env or {})
     if bwrap() is None:
         # No private /tmp without a sandbox: give the project its own.
@@ -793,9 +913,12 @@ def start_process(
             log_path=ctx.log_path,
             port=port,
             read_only=[ctx.tree, ctx.build_dir, *read_only],
-            read_write=[ctx.data_dir],
+            read_write=[ctx.data_dir, *([folder] if folder is not None else [])],
             facts=facts,
+            socket_path=socket_path,
         )
     except BaseException:
         _handed_out.discard(port)
+        if folder is not None:
+            _release_socket_dir(folder)
         raise

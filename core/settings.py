@@ -38,6 +38,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Seconds without a request before a process project is stopped (0 = never); the
     # next request starts it again.
     idle_stop: float = 0.0
+    # Process projects' network: "shared" (a loopback port, outbound allowed) or
+    # "isolated" (own network namespace, served over a unix socket; no other project,
+    # no daemon, no internet).
+    project_network: str = "shared"
     versions_kept: int = 5
     allow_lifecycle_scripts: bool = False
     # Addresses of proxies in front of the daemon (a TLS gateway) to take
@@ -64,6 +68,7 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "TEE_DAEMON_MAX_REQUEST_BODY": ("max_request_body", int),
     "TEE_DAEMON_START_TIMEOUT": ("start_timeout", float),
     "TEE_DAEMON_IDLE_STOP": ("idle_stop", float),
+    "TEE_DAEMON_PROJECT_NETWORK": ("project_network", str),
     "TEE_DAEMON_ALLOW_LIFECYCLE_SCRIPTS": ("allow_lifecycle_scripts", bool),
     "TEE_DAEMON_TOKEN": ("token", str),
     "TEE_DAEMON_TRUSTED_PROXIES": ("trusted_proxies", frozenset),
@@ -95,4 +100,6 @@ def load_settings(overrides: dict[str, object] | None = None, environ=os.environ
         values["data_dir"] = Path(values["data_dir"]).expanduser().resolve()  # type: ignore[arg-type]
     if values.get("backend", "process") not in {"process", "docker"}:
         raise SystemExit("tee-daemon: --backend must be 'process' or 'docker'")
+    if values.get("project_network", "shared") not in {"shared", "isolated"}:
+        raise SystemExit("tee-daemon: TEE_DAEMON_PROJECT_NETWORK must be 'shared' or 'isolated'")
     return Settings(**values)  # type: ignore[arg-type]

@@ -138,11 +138,16 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
         deno = _binary(DENO)
         deno_dir = Path((ctx.build_dir / "deno-dir.txt").read_text().strip())
         readable = [ctx.tree, ctx.build_dir, ctx.data_dir, deno_dir]
+        writable = [ctx.data_dir]
+        sockets = launch.listen_dir(ctx)  # Isolated network: Deno.serve({path}) needs read and write.
+        if sockets is not None:
+            readable.append(sockets)
+            writable.append(sockets)
         argv = [
             str(deno), "run", "--no-prompt", "--cached-only", "--node-modules-dir=none", *_lock_flags(ctx.tree),
             "--allow-net", "--allow-env",
             "--allow-read=" + ",".join(str(p) for p in readable),
-            "--allow-write=" + str(ctx.data_dir),
+            "--allow-write=" + ",".join(str(p) for p in writable),
             str(main),
         ]  # fmt: skip
         return launch.start(

@@ -1,4 +1,5 @@
-// tee-daemon's Bun shim: serves the project's handler on 127.0.0.1:$PORT with Bun.serve.
+// tee-daemon's Bun shim: serves the project's handler on 127.0.0.1:$PORT (or the unix
+// socket $LISTEN_UNIX when the project network is isolated) with Bun.serve.
 // The daemon generates main.ts, which imports the project's entry and calls serve().
 
 type Handler = (req: Request, ctx: any) => Response | Promise<Response>;
@@ -29,8 +30,10 @@ export function serve(mod: any, entry: string) {
   const server = Bun.serve({
     idleTimeout: 0, // Long streams (server-sent events) are not cut off.
     ...extra,
-    hostname: process.env.HOST || "127.0.0.1",
-    port: Number(process.env.PORT),
+    // With an isolated network the daemon reaches the project over a unix socket.
+    ...(process.env.LISTEN_UNIX
+      ? { unix: process.env.LISTEN_UNIX }
+      : { hostname: process.env.HOST || "127.0.0.1", port: Number(process.env.PORT) }),
     fetch: self === undefined ? (req: Request) => handler(req, ctx) : (req: Request) => handler.call(self, req, ctx),
   });
   ctx.server = server;

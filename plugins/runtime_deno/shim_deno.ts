@@ -1,4 +1,5 @@
-// tee-daemon's Deno shim: serves the project's handler on 127.0.0.1:$PORT.
+// tee-daemon's Deno shim: serves the project's handler on 127.0.0.1:$PORT (or the unix
+// socket $LISTEN_UNIX when the project network is isolated).
 // The daemon generates main.ts, which imports the project's entry and calls serve().
 // deno-lint-ignore-file no-explicit-any
 
@@ -21,8 +22,13 @@ export function serve(mod: any, entry: string) {
   const env: Record<string, string> = {};
   for (const k of keys) env[k] = Deno.env.get(k) ?? "";
   const ctx = Object.freeze({ env: Object.freeze(env), dataDir: Deno.env.get("DATA_DIR") ?? "" });
+  // With an isolated network the daemon reaches the project over a unix socket.
+  const unix = Deno.env.get("LISTEN_UNIX");
+  const where = unix
+    ? { path: unix, onListen() {} }
+    : { hostname: Deno.env.get("HOST") || "127.0.0.1", port: Number(Deno.env.get("PORT")), onListen() {} };
   Deno.serve(
-    { hostname: Deno.env.get("HOST") || "127.0.0.1", port: Number(Deno.env.get("PORT")), onListen() {} },
+    where,
     self === undefined ? (req) => handler(req, ctx) : (req) => handler.call(self, req, ctx),
   );
 }

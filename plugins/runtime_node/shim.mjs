@@ -1,4 +1,5 @@
-// tee-daemon's Node shim: serves the project's entry on 127.0.0.1:$PORT with node:http.
+// tee-daemon's Node shim: serves the project's entry on 127.0.0.1:$PORT (or the unix socket
+// $LISTEN_UNIX when the project network is isolated) with node:http.
 //   CommonJS  module.exports = (req, res, env) => ...          (Node http style)
 //   ES module export default (req: Request, ctx) => Response   (fetch style)
 import http from "node:http";
@@ -109,7 +110,9 @@ function fetchListener(fn, self) {
 
 const server = http.createServer({ keepAliveTimeout: 75_000, requestTimeout: 0 }, listener);
 server.headersTimeout = 0;
-server.listen(Number(process.env.PORT), process.env.HOST || "127.0.0.1");
+// With an isolated network the daemon reaches the project over a unix socket.
+if (process.env.LISTEN_UNIX) server.listen(process.env.LISTEN_UNIX);
+else server.listen(Number(process.env.PORT), process.env.HOST || "127.0.0.1");
 process.on("SIGTERM", () => {
   server.close();
   setTimeout(() => process.exit(0), 1000).unref();

@@ -1,4 +1,5 @@
-"""tee-daemon's Python shim: serves the project's `app.py` on 127.0.0.1:$PORT.
+"""tee-daemon's Python shim: serves the project's `app.py` on 127.0.0.1:$PORT (or the unix
+socket $LISTEN_UNIX when the project network is isolated: granian's `uds`).
 
 `app` (an ASGI application) is served as is, lifespan included; otherwise
 `async def handle(method, path, headers, body, env) -> (status, headers, body)` is
@@ -12,6 +13,7 @@ import importlib.util
 import inspect
 import os
 import sys
+from pathlib import Path
 
 ENTRY = os.environ.pop("TEE_ENTRY")
 KEYS = [k for k in os.environ.pop("TEE_ENV_KEYS", "").split(",") if k]
@@ -94,10 +96,12 @@ def main():
         app, interface = handle_adapter(handle), Interfaces.ASGINL
     else:
         sys.exit(f"{os.path.basename(ENTRY)} defines neither an ASGI `app` nor `async def handle(method, path, headers, body, env)`")
+    # With an isolated network the daemon reaches the project over a unix socket.
+    unix = os.environ.get("LISTEN_UNIX")
+    where = {"uds": Path(unix)} if unix else {"address": os.environ.get("HOST") or "127.0.0.1", "port": int(os.environ["PORT"])}
     server = Server(
         app,
-        address=os.environ.get("HOST") or "127.0.0.1",
-        port=int(os.environ["PORT"]),
+        **where,
         interface=interface,
         websockets=True,
         log_enabled=False,
