@@ -26,6 +26,7 @@ def serve(args: argparse.Namespace) -> int:
         }
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock_data_dir(settings.data_dir)  # noqa: F841  (held for the daemon's life)
     _, token_path = load_or_create_token(settings.data_dir, settings.token)
     # granian's worker builds the app from the environment: hand it the final settings.
     os.environ.update(
@@ -49,6 +50,18 @@ def serve(args: argparse.Namespace) -> int:
         websockets=True,
     ).serve()
     return 0
+
+
+def _lock_data_dir(data_dir):
+    """One daemon per data dir: two would serve, deploy and log over each other."""
+    import fcntl
+
+    handle = open(data_dir / "daemon.lock", "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"tee-daemon: another daemon is already using {data_dir}") from None
+    return handle
 
 
 def build_parser() -> argparse.ArgumentParser:

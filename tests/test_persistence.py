@@ -111,3 +111,14 @@ def test_empty_token_never_disables_auth(tmp_path):
         assert (tmp_path / "data" / "admin-token").read_text().strip()
     finally:
         proc.stop()
+
+
+def test_one_daemon_per_data_dir(fresh_daemon):
+    first = fresh_daemon()
+    second = DaemonProcess(first.data_dir)
+    try:
+        second.start(timeout=20)
+        raise AssertionError("a second daemon started on the same data dir")
+    except RuntimeError as failure:
+        assert "another daemon is already using" in str(failure)
+    assert first.get("/_api/health").status_code == 200
