@@ -6,7 +6,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from . import __version__
+from . import __version__, process
 from .auth import load_or_create_token
 from .deploy import Deployer
 from .journal import Journal
@@ -37,7 +37,7 @@ class Daemon:
         self.journal: Journal | None = None
 
     def attach(self, api: ASGIApp) -> Ingress:
-        from . import process, proxy
+        from . import proxy
         from .accesslog import AccessLog
 
         proxy.configure(self.settings.max_request_body, self.settings.trusted_proxies)
@@ -53,6 +53,7 @@ class Daemon:
     async def start(self) -> None:
         assert self.deployer is not None
         await self._start_tee()
+        process.remove_stale_socket_dirs(self.store.run_dir)
         await self.deployer.restore()
         if self.journal is not None:
             await asyncio.to_thread(self.journal.reconcile, list(self.deployer.projects.values()))

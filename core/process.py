@@ -38,6 +38,7 @@ import asyncio
 import ctypes
 import functools
 import json
+import hashlib
 import os
 import shutil
 import signal
@@ -277,9 +278,21 @@ def socket_dir(run_dir: Path) -> Path | None:
     if len(os.fsencode(str(folder / SOCKET_NAME))) <= SUN_PATH_MAX:
         folder.mkdir(mode=0o700, exist_ok=True)
     else:
-        folder = Path(tempfile.mkdtemp(prefix="tee-net-", dir="/tmp")).resolve()  # mode 0700
+        folder = Path(tempfile.mkdtemp(prefix=_socket_prefix(run_dir.parent), dir="/tmp")).resolve()  # 0700
     _socket_dirs[run_dir] = folder
     return folder
+
+
+def _socket_prefix(run_root: Path) -> str:
+    # Named after the daemon's run folder, so a restart finds what a killed daemon left.
+    return "tee-net-" + hashlib.sha256(os.fsencode(str(run_root.resolve()))).hexdigest()[:10] + "-"
+
+
+def remove_stale_socket_dirs(run_root: Path) -> None:
+    """Remove /tmp socket folders a killed daemon of this data dir left (called at start,
+    under the data dir's lock, so no live daemon uses them)."""
+    for folder in Path("/tmp").glob(_socket_prefix(run_root) + "*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _release_socket_dir(folder: Path) -> None:

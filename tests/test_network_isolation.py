@@ -5,6 +5,7 @@ daemon or the internet. Against the real daemon over HTTP."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 import threading
 
 import pytest
@@ -168,3 +169,17 @@ def test_isolated_project_parks_and_wakes(fresh_daemon, name):
     assert daemon.get(f"/{name}/").status_code == 200
     instance = daemon.get(f"/_api/projects/{name}", admin=True).json()["instance"]
     assert instance["cold_starts"] == 1 and instance["state"] == "running"
+
+
+def test_socket_folders_of_a_killed_daemon_are_removed_at_start(fresh_daemon, name):
+    daemon = fresh_daemon(env=ISOLATED)
+    deploy_ok(daemon, name, app_files("deno-hello"))
+    run_root = daemon.data_dir / "run"
+    prefix = process._socket_prefix(run_root)
+    assert list(Path("/tmp").glob(prefix + "*")), "pytest's long paths put the socket under /tmp"
+    daemon.kill()
+    assert list(Path("/tmp").glob(prefix + "*"))  # A SIGKILL leaves it behind...
+    again = fresh_daemon(env=ISOLATED)
+    assert again.get(f"/{name}/ping").status_code == 200
+    left = list(Path("/tmp").glob(prefix + "*"))
+    assert len(left) == 1 and (left[0] / "app.sock").exists()  # ...and the next start clears it.
