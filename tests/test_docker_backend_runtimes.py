@@ -15,21 +15,14 @@ import docker
 import pytest
 
 from docker_engine import RUNTIME_BASE_IMAGE, docker_engine, ensure_base_images
-from harness import REPO, DaemonProcess
+from dockertest import PROJECT_LABEL, app_files, containers, deploy_ok, only_container, wait_for
+from harness import DaemonProcess
 
-APPS = REPO / "tests" / "apps"
-PROJECT_LABEL = "tee-daemon.project"
 LIMITS = {"TEE_DAEMON_DOCKER_MEMORY": "192m", "TEE_DAEMON_DOCKER_CPUS": "0.5", "TEE_DAEMON_DOCKER_PIDS": "64"}
 IMAGES = {f"TEE_DAEMON_DOCKER_IMAGE_{rt}": RUNTIME_BASE_IMAGE for rt in ("DENO", "BUN", "NODE", "PYTHON")}
 SAMPLES = {"deno": "deno-hello", "node": "node-esm", "python": "python-handle"}
 
 
-def app_files(folder: str, **replace: str) -> dict[str, bytes]:
-    root = APPS / folder
-    files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-    for path, text in replace.items():
-        files[path] = text.encode()
-    return files
 
 
 @pytest.fixture(scope="module")
@@ -55,33 +48,12 @@ def ddaemon(engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon
     proc.stop()
 
 
-def deploy_ok(daemon: DaemonProcess, name: str, files: dict, **manifest) -> dict:
-    r = daemon.deploy_files(name, files, **manifest)
-    assert r.status_code in (200, 201), r.text
-    return r.json()
 
 
-def containers(client: docker.DockerClient, name: str, all: bool = False) -> list:
-    return client.containers.list(all=all, filters={"label": f"{PROJECT_LABEL}={name}"})
 
 
-def only_container(client: docker.DockerClient, name: str):
-    found = containers(client, name)
-    assert len(found) == 1, [c.name for c in found]
-    found[0].reload()
-    return found[0]
 
 
-def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.parametrize("runtime", sorted(SAMPLES))
