@@ -76,7 +76,7 @@ class Stack:
 
     def start(self) -> "Stack":
         if not DENO.exists():
-            pytest.skip("deno is not installed (make install)")
+            raise RuntimeError(f"{DENO} missing: run make install")
         self.start_tcp_upstream()
         self.procs["unix"] = _start_upstream(self.sock, self.tmp / "deno-unix.log")
         deadline = time.monotonic() + 30
