@@ -840,11 +840,7 @@ class ContainerInstance(Instance):
     # -- Instance ------------------------------------------------------------------------
 
     def _failure(self, what: str) -> DeployFailed:
-        output = self.recent_log()
-        message = f"{self.label} {what}"
-        if output:
-            message += f"; last log lines:\n{output}"
-        return DeployFailed(message, log=output)
+        return DeployFailed.with_log(f"{self.label} {what}", self.recent_log())
 
     def _inspect(self) -> dict:
         return client().api.inspect_container(self.container_id)

@@ -36,3 +36,10 @@ class DeployFailed(UserError):
     """The new version did not build or start; the previous one keeps serving."""
 
     status_code = 422
+
+    @classmethod
+    def with_log(cls, message: str, output: str) -> "DeployFailed":
+        """The failure, followed by the project's last log lines (also under `log`)."""
+        if output:
+            message += f"; last log lines:\n{output}"
+        return cls(message, log=output)

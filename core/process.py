@@ -471,11 +471,7 @@ class ProcessInstance(Instance):
         return tail(self.log_path, self._log_offset)
 
     def _failure(self, what: str) -> DeployFailed:
-        output = self._recent_log()
-        message = f"{self.label} {what}"
-        if output:
-            message += f"; last log lines:\n{output}"
-        return DeployFailed(message, log=output)
+        return DeployFailed.with_log(f"{self.label} {what}", self._recent_log())
 
     @property
     def address(self) -> str:
