@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 
+from docker_engine import docker_engine, ensure_base_images
 from harness import REPO, DaemonProcess
 
 APPS = REPO / "tests" / "apps"
@@ -46,3 +49,14 @@ def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_engine(root: Path, images: tuple[str, ...]) -> Iterator[tuple[str, docker.DockerClient]]:
+    """A private engine with the given local base images; for module-scoped fixtures."""
+    with docker_engine(root) as host:
+        client = docker.DockerClient(base_url=host)
+        ensure_base_images(client, names=images)
+        try:
+            yield host, client
+        finally:
+            client.close()

@@ -14,8 +14,8 @@ from typing import Iterator
 import docker
 import pytest
 
-from docker_engine import RUNTIME_BASE_IMAGE, docker_engine, ensure_base_images
-from dockertest import PROJECT_LABEL, app_files, containers, deploy_ok, only_container, wait_for
+from docker_engine import RUNTIME_BASE_IMAGE
+from dockertest import PROJECT_LABEL, running_engine, app_files, containers, deploy_ok, only_container, wait_for
 from harness import DaemonProcess
 
 LIMITS = {"TEE_DAEMON_DOCKER_MEMORY": "192m", "TEE_DAEMON_DOCKER_CPUS": "0.5", "TEE_DAEMON_DOCKER_PIDS": "64"}
@@ -23,17 +23,9 @@ IMAGES = {f"TEE_DAEMON_DOCKER_IMAGE_{rt}": RUNTIME_BASE_IMAGE for rt in ("DENO",
 SAMPLES = {"deno": "deno-hello", "node": "node-esm", "python": "python-handle"}
 
 
-
-
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, docker.DockerClient]]:
-    with docker_engine(tmp_path_factory.mktemp("docker")) as host:
-        client = docker.DockerClient(base_url=host)
-        ensure_base_images(client, names=("runtime-base",))
-        try:
-            yield host, client
-        finally:
-            client.close()
+    yield from running_engine(tmp_path_factory.mktemp("docker"), ("runtime-base",))
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +38,6 @@ def ddaemon(engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon
     ).start()
     yield proc
     proc.stop()
-
-
-
-
-
-
-
-
 
 
 @pytest.mark.parametrize("runtime", sorted(SAMPLES))

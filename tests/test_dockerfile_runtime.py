@@ -17,24 +17,16 @@ import docker
 import httpx
 import pytest
 
-from docker_engine import BUSYBOX_IMAGE, docker_engine, ensure_base_images, run_container
-from dockertest import PROJECT_LABEL, app_files, containers, deploy_ok, only_container, wait_for
+from docker_engine import BUSYBOX_IMAGE, run_container
+from dockertest import PROJECT_LABEL, running_engine, app_files, containers, deploy_ok, only_container, wait_for
 from harness import DaemonProcess
 
 LIMITS = {"TEE_DAEMON_DOCKER_MEMORY": "96m", "TEE_DAEMON_DOCKER_CPUS": "0.5", "TEE_DAEMON_DOCKER_PIDS": "48"}
 
 
-
-
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, docker.DockerClient]]:
-    with docker_engine(tmp_path_factory.mktemp("docker")) as host:
-        client = docker.DockerClient(base_url=host)
-        ensure_base_images(client, names=("busybox",))
-        try:
-            yield host, client
-        finally:
-            client.close()
+    yield from running_engine(tmp_path_factory.mktemp("docker"), ("busybox",))
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +35,6 @@ def ddaemon(engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon
     proc = DaemonProcess(tmp_path_factory.mktemp("ddaemon") / "data", env={"DOCKER_HOST": host, **LIMITS}).start()
     yield proc
     proc.stop()
-
-
-
-
-
-
-
-
 
 
 def test_build_serve_env_data_limits_logs(ddaemon: DaemonProcess, engine, name: str) -> None:
