@@ -542,18 +542,21 @@ def random_paths_script(names: list[str]) -> Path:
     return script
 
 
-def run_idle_density(daemon: Daemon, args, notes: list[str]) -> dict:
-    """100 Deno projects on the idle-stop daemon: memory with all parked, then wake a
-    random 20: their first (cold) request, steady latency and req/s, memory."""
-    count = args.density_count
+def deploy_many(daemon: Daemon, count: int) -> tuple[list[str], float]:
+    """Deploy `count` Deno hello projects; the names that deployed and the time it took."""
     t0 = time.monotonic()
     names = []
     for i in range(count):
         name = f"dens-{i:03d}"
-        r = daemon.deploy(name, HELLO["deno"], runtime="deno")
-        if r.status_code == 201:
+        if daemon.deploy(name, HELLO["deno"], runtime="deno").status_code == 201:
             names.append(name)
-    deploy_seconds = time.monotonic() - t0
+    return names, time.monotonic() - t0
+
+
+def run_idle_density(daemon: Daemon, args, notes: list[str]) -> dict:
+    """100 Deno projects on the idle-stop daemon: memory with all parked, then wake a
+    random 20: their first (cold) request, steady latency and req/s, memory."""
+    names, deploy_seconds = deploy_many(daemon, args.density_count)
     parked_after = daemon.wait_parked(names, 30)
     result: dict = {"count": len(names), "deploy": deploy_seconds, "parked_after": parked_after}
     result["rss_parked"] = tree_rss(daemon.proc.pid)
@@ -585,15 +588,7 @@ def run_idle_density(daemon: Daemon, args, notes: list[str]) -> dict:
 
 
 def run_density(daemon: Daemon, args) -> dict:
-    count = args.density_count
-    t0 = time.monotonic()
-    names = []
-    for i in range(count):
-        name = f"dens-{i:03d}"
-        r = daemon.deploy(name, HELLO["deno"], runtime="deno")
-        if r.status_code == 201:
-            names.append(name)
-    deploy_seconds = time.monotonic() - t0
+    names, deploy_seconds = deploy_many(daemon, args.density_count)
     time.sleep(2)
     rss = tree_rss(daemon.proc.pid)
     pss = tree_pss(daemon.proc.pid)
