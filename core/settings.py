@@ -38,10 +38,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Seconds without a request before a process project is stopped (0 = never); the
     # next request starts it again.
     idle_stop: float = 0.0
-    # Process projects' network: "shared" (a loopback port, outbound allowed) or
-    # "isolated" (own network namespace, served over a unix socket; no other project,
-    # no daemon, no internet).
-    project_network: str = "shared"
+    # Process projects' network (SPEC section 9): "isolated" (the default: own network
+    # namespace, served over a unix socket; no other project, no daemon, no host
+    # loopback) or "shared" (opt-in: a loopback port on the host's network).
+    project_network: str = "isolated"
+    # Outbound connections from isolated projects to the outside: "allow" or "deny".
+    project_egress: str = "allow"
+    # Per-project limits (SPEC section 9), for runs and builds alike.
+    project_memory_mb: int = 512
+    project_cpus: float = 1.0
+    project_pids: int = 256
+    project_disk_mb: int = 1024  # the data dir and /tmp together
+    # Seconds a build step (npm, pip, deno caching) may take.
+    build_timeout: float = 600.0
+    # The operator accepts isolation or limits this machine cannot apply (else the daemon
+    # refuses to start); /_api/substrate then names what is not enforced.
+    allow_unenforced_isolation: bool = False
     versions_kept: int = 5
     allow_lifecycle_scripts: bool = False
     # Addresses of proxies in front of the daemon (a TLS gateway) to take
@@ -69,6 +81,13 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "TEE_DAEMON_START_TIMEOUT": ("start_timeout", float),
     "TEE_DAEMON_IDLE_STOP": ("idle_stop", float),
     "TEE_DAEMON_PROJECT_NETWORK": ("project_network", str),
+    "TEE_DAEMON_PROJECT_EGRESS": ("project_egress", str),
+    "TEE_DAEMON_PROJECT_MEMORY_MB": ("project_memory_mb", int),
+    "TEE_DAEMON_PROJECT_CPUS": ("project_cpus", float),
+    "TEE_DAEMON_PROJECT_PIDS": ("project_pids", int),
+    "TEE_DAEMON_PROJECT_DISK_MB": ("project_disk_mb", int),
+    "TEE_DAEMON_BUILD_TIMEOUT": ("build_timeout", float),
+    "TEE_DAEMON_ALLOW_UNENFORCED_ISOLATION": ("allow_unenforced_isolation", bool),
     "TEE_DAEMON_ALLOW_LIFECYCLE_SCRIPTS": ("allow_lifecycle_scripts", bool),
     "TEE_DAEMON_TOKEN": ("token", str),
     "TEE_DAEMON_TRUSTED_PROXIES": ("trusted_proxies", frozenset),
@@ -100,6 +119,13 @@ def load_settings(overrides: dict[str, object] | None = None, environ=os.environ
         values["data_dir"] = Path(values["data_dir"]).expanduser().resolve()  # type: ignore[arg-type]
     if values.get("backend", "process") not in {"process", "docker"}:
         raise SystemExit("tee-daemon: --backend must be 'process' or 'docker'")
-    if values.get("project_network", "shared") not in {"shared", "isolated"}:
-        raise SystemExit("tee-daemon: TEE_DAEMON_PROJECT_NETWORK must be 'shared' or 'isolated'")
+    if values.get("project_network", "isolated") not in {"shared", "isolated"}:
+        raise SystemExit("tee-daemon: TEE_DAEMON_PROJECT_NETWORK must be 'isolated' or 'shared'")
+    if values.get("project_egress", "allow") not in {"allow", "deny"}:
+        raise SystemExit("tee-daemon: TEE_DAEMON_PROJECT_EGRESS must be 'allow' or 'deny'")
+    for field, least in (("project_memory_mb", 16), ("project_pids", 8), ("project_disk_mb", 16)):
+        if int(values.get(field, least)) < least:  # type: ignore[call-overload]
+            raise SystemExit(f"tee-daemon: TEE_DAEMON_{field.upper()} must be at least {least}")
+    if float(values.get("project_cpus", 1.0)) <= 0:  # type: ignore[arg-type]
+        raise SystemExit("tee-daemon: TEE_DAEMON_PROJECT_CPUS must be more than 0")
     return Settings(**values)  # type: ignore[arg-type]
