@@ -28,6 +28,12 @@ def serve(args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_data_dir(settings.data_dir)  # noqa: F841  (held for the daemon's life)
     _, token_path = load_or_create_token(settings.data_dir, settings.token)
+    from .tenancy import problems, refusal
+
+    unenforced = problems(settings)  # SPEC 9: what cannot be enforced is refused loudly.
+    if unenforced and not settings.allow_unenforced_isolation:
+        print(refusal(unenforced), file=sys.stderr)
+        return 1
     # granian's worker builds the app from the environment: hand it the final settings.
     os.environ.update(
         TEE_DAEMON_HOST=settings.host,

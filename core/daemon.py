@@ -15,6 +15,7 @@ from .routing import Ingress
 from .runtime import ASGIApp
 from .settings import Settings
 from .store import Store
+from .tenancy import Tenancy
 
 log = logging.getLogger("tee_daemon")
 # One INFO line per guest-agent call would drown the daemon's own log.
@@ -29,6 +30,7 @@ class Daemon:
         self.token, self.token_path = load_or_create_token(settings.data_dir, settings.token)
         self.store = Store(settings.data_dir)
         self.registry = registry or Registry()
+        self.tenancy = Tenancy(settings, self.store)
         self.ingress: Ingress | None = None
         self.deployer: Deployer | None = None
         self.tee_mode = "none"
@@ -45,9 +47,11 @@ class Daemon:
             idle_stop=self.settings.idle_stop,
             start_timeout=self.settings.start_timeout,
             network=self.settings.project_network,
+            egress=self.settings.project_egress == "allow",
         )
+        self.tenancy.start()
         self.ingress = Ingress(api, access_log=AccessLog(self.settings.data_dir / "logs" / "access.log"))
-        self.deployer = Deployer(self.settings, self.store, self.registry, self.ingress)
+        self.deployer = Deployer(self.settings, self.store, self.registry, self.ingress, tenancy=self.tenancy)
         return self.ingress
 
     async def start(self) -> None:
@@ -84,6 +88,7 @@ class Daemon:
         if self.tee is not None:
             self.tee.close()
             self.tee = None
+        self.tenancy.close()
 
     def substrate(self) -> dict:
         runtimes = {
@@ -100,6 +105,8 @@ class Daemon:
             "transparency_log": self.journal.status() if self.journal else None,
         }
         facts.update(self.registry.substrate())
+        if isinstance(facts.get("isolation"), dict):
+            facts["isolation"] = {**facts["isolation"], **self.tenancy.facts()}
         return facts
 
     @property

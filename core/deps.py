@@ -21,17 +21,18 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from . import toolchain
 from .errors import DeployFailed
-from .process import MINIMAL_PATH, python_roots, sandbox_argv, tail
+from . import sandbox
+from .process import MINIMAL_PATH, python_roots, tail
+from .runtime import BuildContext
 
-INSTALL_TIMEOUT = 600.0
 COMPLETE = ".complete"
+MODULES_RECORD = "deps.txt"
 NPM_LOCKFILES = ("package-lock.json", "npm-shrinkwrap.json")
 
 
@@ -76,25 +77,44 @@ def run_step(
     what: str,
     argv: list[str],
     *,
+    ctx: BuildContext,
     cwd: Path,
     env: dict[str, str],
-    log_path: Path | None,
     read_only: list[Path],
     read_write: list[Path],
-    timeout: float = INSTALL_TIMEOUT,
 ) -> None:
-    """Run one build command in the sandbox; DeployFailed with its output when it fails."""
+    """Run one build command sandboxed as the project (its uid, its limits, a network
+    namespace of its own with outbound access, the build timeout); DeployFailed with
+    its output when it fails."""
     net = network_env()
     env = {**net, **env}
     read_only = [*read_only, *network_paths(net)]
-    full = sandbox_argv(argv, read_only=read_only, read_write=read_write, cwd=cwd)
-    log_path = log_path or cwd / ".build.log"
+    log_path = ctx.log_path or cwd / ".build.log"
+    if sandbox.bwrap() is None:  # The operator accepted unsandboxed projects.
+        _run_unsandboxed(what, argv, cwd=cwd, env=env, log_path=log_path, timeout=ctx.build_timeout)
+        return
+    plan = sandbox.Plan(
+        argv=argv,
+        env=env,
+        cwd=cwd,
+        identity=ctx.identity,
+        read_only=read_only,
+        read_write=read_write,
+        network="own" if sandbox.has_egress() else "host",
+        egress=sandbox.has_egress(),
+        project=ctx.project,
+        unit="build",
+    )
+    sandbox.run(plan, what=what, log_path=log_path, timeout=ctx.build_timeout)
+
+
+def _run_unsandboxed(what: str, argv: list[str], *, cwd: Path, env: dict, log_path: Path, timeout: float) -> None:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as out:
         try:
             result = subprocess.run(
-                full, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=timeout
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=timeout
             )
         except subprocess.TimeoutExpired:
             raise DeployFailed(f"{what} took longer than {timeout:g}s", log=tail(log_path, start)) from None
@@ -103,6 +123,14 @@ def run_step(
     if result.returncode != 0:
         output = tail(log_path, start)
         raise DeployFailed(f"{what} failed (exit code {result.returncode}):\n{output}", log=output)
+
+
+def own_folder(path: Path, ctx: BuildContext) -> Path:
+    """`path` made (if needed) and handed to the project's identity, for a build to write."""
+    path.mkdir(parents=True, exist_ok=True)
+    if ctx.identity is not None:
+        os.chown(path, ctx.identity.uid, ctx.identity.gid)
+    return path
 
 
 def digest(*parts: bytes) -> str:
@@ -124,30 +152,34 @@ def _locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _cached_install(cache_dir: Path, key: str, log_path: Path | None, label: str, install) -> Path:
-    """`install(dest)` once per key; later calls return the finished folder."""
+def _cached_install(ctx: BuildContext, key: str, label: str, install) -> Path:
+    """`install(dest)` once per key in the project's own cache; later calls return the
+    finished folder. The marker of a finished install is written by the daemon in a
+    folder the project cannot write, never inside the install."""
+    cache_dir, log_path = ctx.cache_dir, ctx.log_path
     dest = cache_dir / "deps" / key
     with _locked(cache_dir / "deps" / f"{key}.lock"):
-        if (dest / COMPLETE).exists():
+        if (cache_dir / "deps" / f"{key}{COMPLETE}").exists() and dest.is_dir() and not dest.is_symlink():
             build_log(log_path, f"{label}: dependencies from cache {key}")
             return dest
         shutil.rmtree(dest, ignore_errors=True)  # A half-finished earlier attempt.
-        dest.mkdir(parents=True)
+        own_folder(dest, ctx)
         build_log(log_path, f"{label}: installing dependencies into cache {key}")
         try:
             install(dest)
         except BaseException:
             shutil.rmtree(dest, ignore_errors=True)
             raise
-        (dest / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+        (cache_dir / "deps" / f"{key}{COMPLETE}").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
         return dest
 
 
 # -- npm ---------------------------------------------------------------------------------
 
 
-def npm_dependencies(tree: Path, cache_dir: Path, *, allow_scripts: bool, log_path: Path | None) -> Path | None:
+def npm_dependencies(ctx: BuildContext) -> Path | None:
     """The cached folder holding `node_modules` for the tree's package.json, or None."""
+    tree, cache_dir, allow_scripts = ctx.tree, ctx.cache_dir, ctx.allow_lifecycle_scripts
     package = tree / "package.json"
     if not package.is_file() or package.is_symlink():
         return None
@@ -168,8 +200,7 @@ def npm_dependencies(tree: Path, cache_dir: Path, *, allow_scripts: bool, log_pa
         shutil.copyfile(package, dest / "package.json")
         if lock is not None:
             shutil.copyfile(lock, dest / lock.name)
-        npm_cache = cache_dir / "npm-cache"
-        npm_cache.mkdir(parents=True, exist_ok=True)
+        npm_cache = own_folder(cache_dir / "npm-cache", ctx)  # The project's own: never shared.
         command = "ci" if lock is not None else "install"
         argv = [*npm, command, "--no-audit", "--no-fund", "--omit=dev", "--loglevel=warn", "--no-update-notifier"]
         if not allow_scripts:
@@ -185,15 +216,15 @@ def npm_dependencies(tree: Path, cache_dir: Path, *, allow_scripts: bool, log_pa
         run_step(
             f"npm {command}",
             argv,
+            ctx=ctx,
             cwd=dest,
             env=env,
-            log_path=log_path,
             read_only=[p for p in (node_root,) if p is not None],
             read_write=[dest, npm_cache],
         )
         (dest / "node_modules").mkdir(exist_ok=True)
 
-    return _cached_install(cache_dir, key, log_path, "npm", install)
+    return _cached_install(ctx, key, "npm", install)
 
 
 def app_dir_with_modules(tree: Path, build_dir: Path, deps: Path) -> Path:
@@ -218,18 +249,24 @@ def app_dir_with_modules(tree: Path, build_dir: Path, deps: Path) -> Path:
     elif target.is_dir():
         shutil.rmtree(target)
     target.symlink_to(deps / "node_modules", target_is_directory=True)
+    # The start reads where the modules are from this record of the daemon's, never by
+    # following the link (SPEC 9: what a project sees comes from the daemon's records).
+    (build_dir / MODULES_RECORD).write_text(str(deps) + "\n")
     return app
+
+
+def installed_modules(build_dir: Path) -> list[Path]:
+    """The dependency folder recorded by `app_dir_with_modules` for this build, if any."""
+    record = build_dir / MODULES_RECORD
+    return [Path(record.read_text().strip())] if record.is_file() else []
 
 
 # -- python --------------------------------------------------------------------------------
 
 
-def _site_packages(venv: Path) -> Path:
-    return venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
-
-
-def python_venv(tree: Path, cache_dir: Path, *, log_path: Path | None) -> Path | None:
+def python_venv(ctx: BuildContext) -> Path | None:
     """The project's own venv with requirements.txt installed (cached), or None."""
+    tree = ctx.tree
     requirements = tree / "requirements.txt"
     if not requirements.is_file() or requirements.is_symlink():
         return None
@@ -246,7 +283,7 @@ def python_venv(tree: Path, cache_dir: Path, *, log_path: Path | None) -> Path |
         run_step(
             "creating the virtual environment",
             [sys.executable, "-m", "venv", "--without-pip", str(venv)],
-            cwd=dest, env=env, log_path=log_path, read_only=roots, read_write=[dest],
+            ctx=ctx, cwd=dest, env=env, read_only=roots, read_write=[dest],
         )  # fmt: skip
         run_step(
             "pip install -r requirements.txt",
@@ -255,12 +292,10 @@ def python_venv(tree: Path, cache_dir: Path, *, log_path: Path | None) -> Path |
                 "--no-input", "--disable-pip-version-check", "--progress-bar", "off",
                 "-r", str(dest / "requirements.txt"),
             ],
-            cwd=dest, env=env, log_path=log_path, read_only=roots, read_write=[dest],
+            ctx=ctx, cwd=dest, env=env, read_only=roots, read_write=[dest],
         )  # fmt: skip
-        # The shim's server (granian) comes from the daemon's environment, after the
-        # project's own packages on sys.path.
-        daemon_site = sysconfig.get_path("purelib")
-        (_site_packages(venv) / "_tee_daemon_base.pth").write_text(daemon_site + "\n")
+        # The shim finds its server (granian) in the daemon's environment through
+        # TEE_DAEMON_SITE: the daemon never writes into a folder the build wrote.
 
-    dest = _cached_install(cache_dir, key, log_path, "pip", install)
+    dest = _cached_install(ctx, key, "pip", install)
     return dest / "venv"

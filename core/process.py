@@ -35,7 +35,6 @@ one background task for all instances: ``LOG_MAX_BYTES`` per file, ``LOG_KEEP`` 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import functools
 import json
 import hashlib
@@ -52,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DeployFailed
+from . import sandbox
+from .identity import Identity
 from .runtime import Instance
 
 LOG_MAX_BYTES = 5 * 2**20
@@ -62,116 +63,43 @@ BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 20.0  # A process up this long resets the backoff.
 CRASH_LOOP_AFTER = 5  # Consecutive quick crashes before the state says crash-loop.
-MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
+MINIMAL_PATH = sandbox.MINIMAL_PATH
 IDLE_CHECK_MAX = 5.0  # The idle sweep runs at least this often (and 4x per idle_stop).
 
 _idle_stop = 0.0  # Seconds without a request before a process is parked; 0 = never.
 _wake_timeout = 30.0  # How long a cold start may take (the daemon's start_timeout).
-_network = "shared"  # "shared" (loopback port, outbound allowed) or "isolated".
-NETWORK_MODES = ("shared", "isolated")
+_network = "isolated"  # "isolated" (own namespace, unix socket) or "shared" (a loopback port).
+_egress = True  # Isolated projects may open outbound connections to the outside.
+NETWORK_MODES = ("isolated", "shared")
 SOCKET_NAME = "app.sock"
 SUN_PATH_MAX = 100  # sun_path holds 108 bytes with the NUL; keep a margin.
 
 
-def configure(*, idle_stop: float, start_timeout: float, network: str = "shared") -> None:
+def configure(*, idle_stop: float, start_timeout: float, network: str = "isolated", egress: bool = True) -> None:
     """Daemon settings for scale to zero and the projects' network (called once at start-up)."""
-    global _idle_stop, _wake_timeout, _network
+    global _idle_stop, _wake_timeout, _network, _egress
     if network not in NETWORK_MODES:
         raise ValueError(f"network must be one of {NETWORK_MODES}, not {network!r}")
     _idle_stop = max(float(idle_stop), 0.0)
     _wake_timeout = float(start_timeout)
     _network = network
+    _egress = egress
 
 
 def network_mode() -> str:
     return _network
 
-# -- the sandbox ----------------------------------------------------------------------
-
-_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-_SYSTEM_ETC = (
-    "/etc/resolv.conf",
-    "/etc/hosts",
-    "/etc/nsswitch.conf",
-    "/etc/host.conf",
-    "/etc/gai.conf",
-    "/etc/ssl",
-    "/etc/ca-certificates",
-    "/etc/pki",
-    "/etc/crypto-policies",
-    "/etc/localtime",
-    "/etc/passwd",
-    "/etc/group",
-    "/etc/mime.types",
-    "/etc/alternatives",
-    "/etc/ld.so.cache",
-    "/etc/ld.so.conf",
-    "/etc/ld.so.conf.d",
-)
+# -- the sandbox (core/sandbox.py builds it; here what process projects are told) ------
 
 
-@functools.cache
 def bwrap() -> str | None:
-    """The bubblewrap binary when it can actually create a sandbox here, else None."""
-    if os.environ.get("TEE_DAEMON_NO_SANDBOX") == "1":
-        return None
-    path = shutil.which("bwrap") or next((p for p in ("/usr/bin/bwrap",) if os.path.exists(p)), None)
-    if path is None:
-        return None
-    try:
-        probe = subprocess.run(
-            [path, *_system_binds(), "--unshare-all", "--share-net", "--die-with-parent", "--", "/bin/true"],
-            capture_output=True,
-            timeout=10,
-            env={"PATH": MINIMAL_PATH},
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return path if probe.returncode == 0 else None
+    return sandbox.bwrap()
 
 
-@functools.cache
 def bwrap_isolates_network() -> bool:
-    """Whether bubblewrap can also give a process a network namespace of its own here."""
-    tool = bwrap()
-    if tool is None:
-        return False
-    try:
-        probe = subprocess.run(
-            [tool, *_system_binds(), "--unshare-all", "--die-with-parent", "--", "/bin/true"],
-            capture_output=True,
-            timeout=10,
-            env={"PATH": MINIMAL_PATH},
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return probe.returncode == 0
-
-
-@functools.cache
-def bwrap_version() -> str | None:
-    path = bwrap()
-    if path is None:
-        return None
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.strip().split()[-1] if out.strip() else None
-
-
-def _system_binds() -> list[str]:
-    args: list[str] = []
-    for folder in _SYSTEM_DIRS:
-        if os.path.islink(folder):
-            args += ["--symlink", os.readlink(folder), folder]
-        elif os.path.isdir(folder):
-            args += ["--ro-bind", folder, folder]
-    for item in _SYSTEM_ETC:
-        if os.path.exists(item):
-            args += ["--ro-bind", item, item]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-    return args
+    """Whether projects can get a network namespace of their own here (the sandbox
+    always makes one unless the network is shared)."""
+    return sandbox.bwrap() is not None
 
 
 def python_roots() -> list[Path]:
@@ -180,64 +108,36 @@ def python_roots() -> list[Path]:
     return sorted(roots)
 
 
-def sandbox_argv(
-    argv: list[str],
-    *,
-    read_only: list[Path],
-    read_write: list[Path],
-    cwd: Path,
-    isolate_network: bool = False,
-) -> list[str]:
-    """`argv` wrapped in bubblewrap (when available) exposing only the given folders;
-    with `isolate_network`, in a network namespace of its own (only its loopback)."""
-    tool = bwrap()
-    if tool is None:
-        return argv
-    binds: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for flag, paths in (("--ro-bind", read_only), ("--bind", read_write)):
-        for path in paths:
-            real = str(Path(path).resolve())
-            if real in seen or not os.path.exists(real):
-                continue
-            seen.add(real)
-            binds.append((flag, real))
-    # Parents before children, so a nested bind is not hidden by its parent's.
-    binds.sort(key=lambda b: (b[1].count("/"), b[1]))
-    share = [] if isolate_network else ["--share-net"]
-    args = [tool, "--unshare-all", *share, "--die-with-parent", *_system_binds()]
-    for flag, real in binds:
-        args += [flag, real, real]
-    args += ["--chdir", str(cwd), "--"]
-    return args + argv
-
-
 def isolation_facts() -> dict[str, Any]:
     """What `/_api/substrate` shows about how process projects are isolated."""
-    tool = bwrap()
-    if tool is None:
+    if sandbox.bwrap() is None:
         return {
             "kind": "none",
-            "detail": "bubblewrap unavailable: projects run as plain processes with a clean "
-            "environment on loopback (Deno still gets permission flags)",
+            "enforced": False,
+            "detail": f"NOT ISOLATED: {sandbox.unavailable_reason()}; projects run as plain processes "
+            "with a clean environment (accepted by the operator with TEE_DAEMON_ALLOW_UNENFORCED_ISOLATION)",
             "network_mode": _network,
-            "network": "isolated requested but unavailable without bubblewrap: projects are refused"
-            if _network == "isolated"
-            else "shared",
         }
     return {
         "kind": "bubblewrap",
-        "version": bwrap_version(),
-        "namespaces": ["mount", "pid", "ipc", "uts", "cgroup", "user (when permitted)"],
-        "filesystem": "read-only system folders and runtimes; own tree and build read-only; "
-        "own data dir read-write; private /tmp; no other project's files, no daemon state",
+        "enforced": True,
+        "version": sandbox.version(),
+        "identity": "a host uid and gid of its own per project (>= 200000, never 0, kept across restarts); "
+        "no capabilities in any namespace, no_new_privs, no nested user namespaces (seccomp), /proc/sys read-only",
+        "namespaces": ["user", "mount", "pid", "ipc", "uts", "cgroup", *(["net"] if _network == "isolated" else [])],
+        "filesystem": "read-only system folders and toolchains; own tree and build read-only; own data dir and /tmp "
+        "read-write; no other project's files, no daemon state; binds never follow links a project could write",
         "network_mode": _network,
-        "network": "isolated: each project has a network namespace of its own (only its own "
-        "loopback; no other project, no daemon, no internet) and is served over a unix socket"
+        "network": (
+            "isolated: each project has a network namespace of its own and is served over a unix socket; it cannot "
+            "reach another project, the daemon or the host's loopback"
+            + ("; outbound connections to the outside are allowed" if _egress else "; no outbound connections")
+        )
         if _network == "isolated"
-        else "shared; projects listen on 127.0.0.1 only and can reach other loopback ports "
-        "and the internet",
-        "environment": "manifest env, secrets, DATA_DIR, PORT, HOME, PATH only",
+        else "SHARED (opt-in): projects listen on a 127.0.0.1 port and share the host's network: they can reach "
+        "other loopback ports and the internet",
+        "environment": "manifest env, secrets, DATA_DIR, PORT or LISTEN_UNIX, HOME, PATH only; bwrap itself gets a "
+        "fixed clean environment",
     }
 
 
@@ -371,19 +271,6 @@ def _ensure_rotator() -> None:
 
 # -- the process ---------------------------------------------------------------------------
 
-_PR_SET_PDEATHSIG = 1
-try:  # Resolved here, in the parent: the child between fork and exec only calls it.
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # pragma: no cover - not Linux
-    _prctl = None
-
-
-def _die_with_daemon() -> None:  # pragma: no cover - runs in the child
-    """In the child before exec: get SIGKILL when the daemon dies (no orphans)."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 class ProcessInstance(Instance):
     def __init__(
         self,
@@ -398,6 +285,10 @@ class ProcessInstance(Instance):
         read_write: list[Path] = (),  # type: ignore[assignment]
         facts: dict[str, Any] | None = None,
         socket_path: Path | None = None,
+        identity: Identity | None = None,
+        project: str | None = None,
+        unit: str = "run",
+        tmp_dir: Path | None = None,
     ) -> None:
         self.label = label
         self.port = port
@@ -408,14 +299,19 @@ class ProcessInstance(Instance):
         self.env = dict(env)
         self.cwd = cwd
         self.log_path = log_path
-        self.argv = sandbox_argv(
-            argv,
-            read_only=list(read_only),
-            read_write=list(read_write),
-            cwd=cwd,
-            isolate_network=socket_path is not None,
-        )
-        self.sandboxed = self.argv is not argv and self.argv[0] == bwrap()
+        self.argv = list(argv)
+        self.read_only = list(read_only)
+        self.read_write = list(read_write)
+        self.identity = identity
+        self.project = project or label
+        self.unit = unit
+        self.tmp_dir = tmp_dir
+        self.sandboxed = sandbox.bwrap() is not None
+        if self.sandboxed and identity is None:
+            raise DeployFailed(f"{label}: a sandboxed project needs an identity of its own")
+        self._spawned: sandbox.Spawned | None = None
+        self.oom_kills = 0
+        self.last_exit_reason: str | None = None
         self.facts = dict(facts or {})
         self.proc: subprocess.Popen | None = None
         self.state = "starting"
@@ -450,22 +346,54 @@ class ProcessInstance(Instance):
         fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             self._log_offset = os.fstat(fd).st_size
-            self.proc = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                cwd=self.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=fd,
-                stderr=fd,
-                close_fds=True,
-                start_new_session=True,
-                preexec_fn=_die_with_daemon,
-            )
+            self._release_spawn()
+            if self.sandboxed:
+                self._spawned = sandbox.spawn(self._plan(), stdout=fd, stderr=fd)
+                self.proc = self._spawned.proc
+            else:  # The operator accepted unsandboxed projects: a clean env, nothing more.
+                self.proc = subprocess.Popen(
+                    self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
+                    close_fds=True, start_new_session=True, preexec_fn=sandbox.die_with_daemon,
+                )  # fmt: skip
         except OSError as exc:
             raise DeployFailed(f"{self.label}: could not start {self.argv[0]}: {exc}") from None
         finally:
             os.close(fd)
         self.started_at = time.monotonic()
+
+    def _plan(self) -> sandbox.Plan:
+        return sandbox.Plan(
+            argv=self.argv,
+            env=self.env,
+            cwd=self.cwd,
+            identity=self.identity,
+            read_only=self.read_only,
+            read_write=self.read_write,
+            tmp=self.tmp_dir,
+            network="own" if self.socket_path is not None else "host",
+            egress=self.socket_path is not None and _egress,
+            project=self.project,
+            unit=self.unit,
+        )
+
+    def _release_spawn(self) -> None:
+        """What the previous process held outside its sandbox (its egress link, its
+        cgroup unit), counting an out-of-memory kill first."""
+        spawned, self._spawned = self._spawned, None
+        if spawned is not None:
+            self._count_oom(spawned)
+            spawned.release()
+
+    def _count_oom(self, spawned: sandbox.Spawned | None) -> bool:
+        """Whether the process was killed for its memory limit (and count it)."""
+        if spawned is None or spawned.cgroup is None:
+            return False
+        kills = spawned.cgroup_oom_kills()
+        if kills > spawned.oom_seen:
+            spawned.oom_seen = kills
+            self.oom_kills += 1
+            return True
+        return False
 
     def _recent_log(self) -> str:
         return tail(self.log_path, self._log_offset)
@@ -540,6 +468,9 @@ class ProcessInstance(Instance):
             "cold_starts": self.cold_starts,
             "last_exit": _describe_exit(self.last_exit) if self.last_exit is not None else None,
             "sandbox": "bubblewrap" if self.sandboxed else "none",
+            "uid": self.identity.uid if self.identity else None,
+            "oom_kills": self.oom_kills,
+            "last_exit_reason": self.last_exit_reason,
             **self.facts,
         }
 
@@ -558,6 +489,7 @@ class ProcessInstance(Instance):
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await self._terminate(self.proc)
+        self._release_spawn()
         _handed_out.discard(self.port)
         if self.socket_path is not None:
             _release_socket_dir(self.socket_path.parent)
@@ -698,11 +630,14 @@ class ProcessInstance(Instance):
             self._watch()
             return
         self.last_exit = code
+        out_of_memory = self._count_oom(self._spawned)
         uptime = time.monotonic() - self.started_at
         self.quick_crashes = 0 if uptime >= STABLE_AFTER else self.quick_crashes + 1
         delay = min(BACKOFF_FIRST * 2 ** max(self.quick_crashes - 1, 0), BACKOFF_MAX)
         self.state = "crash-loop" if self.quick_crashes >= CRASH_LOOP_AFTER else "restarting"
-        note = f"{self.label} exited with {_describe_exit(code)} after {uptime:.1f}s; restarting in {delay:.1f}s"
+        how = _describe_exit(code) + (" (killed: out of memory, over its memory limit)" if out_of_memory else "")
+        self.last_exit_reason = "out of memory" if out_of_memory else None
+        note = f"{self.label} exited with {how} after {uptime:.1f}s; restarting in {delay:.1f}s"
         if self.state == "crash-loop":
             note += f" (crash loop: {self.quick_crashes} quick crashes in a row)"
         log_line(self.log_path, note)
@@ -898,10 +833,12 @@ def start_process(
     if folder is not None and not bwrap_isolates_network():
         _release_socket_dir(folder)
         raise DeployFailed(
-            "the project network is isolated (TEE_DAEMON_PROJECT_NETWORK=isolated) but bubblewrap "
-            "cannot create a network namespace on this machine; refusing to run the project unisolated"
+            "the project network is isolated (TEE_DAEMON_PROJECT_NETWORK=isolated) but projects cannot be "
+            f"sandboxed here ({sandbox.unavailable_reason()}); refusing to run the project unisolated"
         )
     socket_path = folder / SOCKET_NAME if folder is not None else None
+    if folder is not None and ctx.identity is not None:
+        os.chown(folder, ctx.identity.uid, ctx.identity.gid)  # The project binds its socket there.
     port = free_port() if socket_path is None else 0
     env = base_env(ctx.env, data_dir=ctx.data_dir, port=port, path_dirs=list(path_dirs))
     if socket_path is not None:
@@ -925,6 +862,10 @@ def start_process(
             read_write=[ctx.data_dir, *([folder] if folder is not None else [])],
             facts=facts,
             socket_path=socket_path,
+            identity=ctx.identity,
+            project=ctx.project,
+            unit=f"v{ctx.version}-{ctx.run_dir.name.rsplit('.', 1)[-1]}",
+            tmp_dir=ctx.tmp_dir,
         )
     except BaseException:
         _handed_out.discard(port)

@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from .identity import Identity
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -47,8 +49,9 @@ class BuildContext(msgspec.Struct, frozen=True):
 
     `tree` is the deployed source (read-only by convention: its hash is published).
     `build_dir` is this version's private, writable folder (a venv, node_modules, ...).
-    `cache_dir` is shared by every build of this runtime on this daemon, for
-    content-addressed caches such as dependency installs keyed by a lockfile hash.
+    `cache_dir` is the project's own cache for this runtime (never shared with another
+    project), for caches such as dependency installs keyed by a lockfile hash.
+    `identity` is the project's own uid/gid: every build step runs sandboxed as it.
     """
 
     project: str
@@ -61,6 +64,8 @@ class BuildContext(msgspec.Struct, frozen=True):
     env: dict[str, str]
     allow_lifecycle_scripts: bool = False
     log_path: Path | None = None
+    identity: Identity | None = None
+    build_timeout: float = 600.0
 
 
 class StartContext(msgspec.Struct, frozen=True):
@@ -69,6 +74,8 @@ class StartContext(msgspec.Struct, frozen=True):
     `env` is the manifest env with the secrets merged in: hand it to the project only.
     `data_dir` survives restarts and redeploys. `run_dir` is a private folder for
     sockets and pid files of this start. `log_path` is where stdout/stderr belong.
+    `identity` is the project's own uid/gid; `tmp_dir`, when set, is the folder that
+    serves as its /tmp (on the same size-limited volume as `data_dir`).
     """
 
     project: str
@@ -82,6 +89,8 @@ class StartContext(msgspec.Struct, frozen=True):
     log_path: Path
     env: dict[str, str]
     backend: str = "process"
+    identity: Identity | None = None
+    tmp_dir: Path | None = None
 
 
 class Instance(abc.ABC):

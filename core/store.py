@@ -7,10 +7,12 @@ Layout (all under the data dir)::
     projects/<name>/project.json        the Project record (0600: it holds secrets)
     projects/<name>/versions/<k>/tree   the deployed files of version k (immutable)
     projects/<name>/versions/<k>/build  what the runtime built for version k
-    projects/<name>/data                the project's data dir, kept across versions
+    projects/<name>/volume.img          its disk (size-limited), mounted at volume/
+    projects/<name>/volume/data         the project's data dir, kept across versions
+    projects/<name>/volume/tmp          its /tmp (on the same volume: one limit for both)
+    projects/<name>/cache/<runtime>/    its own build caches (dependency installs, DENO_DIR)
     projects/<name>/logs                the project's stdout/stderr
     scratch/                            unpacking and fetching happen here only
-    cache/<runtime>/                    shared, content-addressed build caches
     run/                                sockets and pid files, cleared on start
 
 The commit point of every change is one atomic rename of `project.json`: a version
@@ -23,6 +25,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -67,6 +70,8 @@ class Store:
         for folder in (self.projects_dir, self.scratch_dir, self.cache_dir, self.run_dir):
             folder.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
+        # Called with a project's folder before it is removed (its volume is unmounted).
+        self.before_removing: Callable[[Path], None] = lambda folder: None
 
     # -- paths ------------------------------------------------------------------
 
@@ -104,6 +109,7 @@ class Store:
             record = folder / RECORD
             if not record.exists():
                 # A first deploy that never committed, or a delete that was cut off.
+                self.before_removing(folder)
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
             project = msgspec.json.decode(record.read_bytes(), type=Project)
@@ -119,6 +125,7 @@ class Store:
         folder = self.project_dir(name)
         (folder / RECORD).unlink(missing_ok=True)
         fsync_dir(folder)
+        self.before_removing(folder)
         shutil.rmtree(folder, ignore_errors=True)
 
     def prune_versions(self, project: Project) -> None:

@@ -77,6 +77,11 @@ class DaemonProcess:
                 self.proc.wait()
         if self.proc:
             self.log.close()
+        # A killed daemon leaves its projects' volumes mounted (a restart reuses them):
+        # unmount them so the test's folders can be removed.
+        from tee_daemon import volume
+
+        volume.release_all(self.data_dir)
 
     def kill(self) -> None:
         """Crash the daemon and everything it started (as a power cut would)."""

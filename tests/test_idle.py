@@ -188,12 +188,14 @@ def test_stop_during_a_cold_start_answers_503_and_leaves_no_process(tmp_path, mo
     import sys
 
     from tee_daemon import process
+    from tee_daemon.identity import Identity
 
     monkeypatch.setattr(process, "_idle_stop", 0.2)
     monkeypatch.setattr(process, "_wake_timeout", 20.0)
     port = process.free_port()
     data = tmp_path / "data"
     data.mkdir()
+    os.chown(data, 299_002, 299_002)
     sent: list[dict] = []
 
     async def send(message):
@@ -201,7 +203,7 @@ def test_stop_during_a_cold_start_answers_503_and_leaves_no_process(tmp_path, mo
 
     async def main():
         inst = process.ProcessInstance(
-            label="idle-test", argv=[sys.executable, "-c", SLOW_SERVER],
+            identity=Identity(uid=299_002, gid=299_002), label="idle-test", argv=[sys.executable, "-c", SLOW_SERVER],
             env=process.base_env({}, data_dir=data, port=port), cwd=tmp_path,
             log_path=tmp_path / "logs" / "app.log", port=port,
             read_only=process.python_roots(), read_write=[data],

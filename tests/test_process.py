@@ -12,6 +12,7 @@ import pytest
 
 from tee_daemon import process
 from tee_daemon.errors import DeployFailed
+from tee_daemon.identity import Identity
 
 SERVER = """
 import os, socket, sys, time, json
@@ -25,12 +26,17 @@ time.sleep(3600)
 """
 
 
+IDENTITY = Identity(uid=299_001, gid=299_001)  # A project's own uid, as the daemon gives.
+
+
 def make(tmp_path: Path, code: str = SERVER, **env) -> process.ProcessInstance:
     port = process.free_port()
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
+    os.chown(data, IDENTITY.uid, IDENTITY.gid)
     full_env = process.base_env({"APP": "1", **env}, data_dir=data, port=port)
     return process.ProcessInstance(
+        identity=IDENTITY,
         label="test",
         argv=[sys.executable, "-c", code],
         env=full_env,
@@ -113,30 +119,58 @@ def test_crash_restarts_with_backoff_and_reports_a_loop(tmp_path, monkeypatch):
     assert "restarting in 0.1s" in log and "crash loop" in log
 
 
-def test_stop_kills_the_whole_group(tmp_path):
+def test_stop_kills_everything_the_project_started(tmp_path):
     # The child is started before the port listens, so it exists once `ready` returns.
     code = SERVER.replace("s = socket.socket()", "import subprocess; subprocess.Popen(['sleep', '300']); s = socket.socket()")
 
     async def main():
         inst = make(tmp_path, code)
         await inst.ready(20)
-        pgid = os.getpgid(inst.proc.pid)
         # The child may still be between fork and exec (named like its parent): wait.
         deadline = time.monotonic() + 10
-        while "sleep" not in (before := [comm(pid) for pid in live_members(pgid)]) and time.monotonic() < deadline:
+        while "sleep" not in [comm(p) for p in descendants(inst.proc.pid)] and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        tree = descendants(inst.proc.pid)
+        names = [comm(p) for p in tree]
         await inst.stop()
         await inst.stop()  # Idempotent.
-        return pgid, before
+        return tree, names
 
-    pgid, before = asyncio.run(main())
-    assert "sleep" in before, before  # There was a child in the group to kill.
-    # stop() returns once the group leader is gone and SIGKILL went to the whole group;
-    # the other members die when next scheduled, so give the kernel a (bounded) moment.
+    tree, names = asyncio.run(main())
+    assert "sleep" in names, names  # There was a child to kill.
+    # The sandbox's init dies with bwrap and takes its namespace's processes along;
+    # give the kernel a (bounded) moment to finish them.
     deadline = time.monotonic() + 10
-    while live_members(pgid) and time.monotonic() < deadline:
+    while live(tree) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert live_members(pgid) == []
+    assert live(tree) == []
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            children = [int(c) for t in os.listdir(f"/proc/{current}/task")
+                        for c in Path(f"/proc/{current}/task/{t}/children").read_text().split()]  # fmt: skip
+        except OSError:
+            continue
+        found += children
+        todo += children
+    return found
+
+
+def live(pids: list[int]) -> list[int]:
+    """Those of `pids` still running (a zombie waits for its reaper)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
 
 
 def comm(pid: int) -> str:
@@ -144,21 +178,6 @@ def comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
-
-
-def live_members(pgid: int) -> list[int]:
-    """Processes of a group that are still running (zombies wait for init to reap them)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                found.append(int(entry))
-    return found
 
 
 def test_rotation(tmp_path):

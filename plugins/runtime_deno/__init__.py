@@ -3,7 +3,8 @@
 Build writes ``main.ts`` into the version's build folder: it statically imports the
 project's entry and the shim (copied beside it), so Deno can fetch and cache every
 import (``deno.json`` imports, ``jsr:``, ``npm:``, URLs) at build time with
-``deno install --entrypoint`` into a shared ``DENO_DIR`` under the runtime's cache.
+``deno install --entrypoint`` into the project's own ``DENO_DIR`` (never shared: it
+holds transpiled source and source maps).
 At run time that cache is read-only and ``--cached-only`` is set: what runs is what was
 built. Deno also gets permission flags: network, environment, read of its own tree,
 build and data folders and the module cache, write of its data dir only.
@@ -105,26 +106,23 @@ def runtime_build(runtime: str, ctx: BuildContext) -> bool:
     if runtime == DENO:
         deno = _binary(DENO)
         _write_main(ctx.build_dir, ctx.tree / entry, "shim_deno.ts", entry)
-        deno_dir = _deno_dir(ctx.cache_dir)
-        deno_dir.mkdir(parents=True, exist_ok=True)
+        deno_dir = deps.own_folder(_deno_dir(ctx.cache_dir), ctx)  # The project's own DENO_DIR.
         (ctx.build_dir / "deno-dir.txt").write_text(str(deno_dir) + "\n")  # Read by start.
         deps.run_step(
             "deno install (caching the project's imports)",
             [str(deno), "install", "--quiet", "--node-modules-dir=none", *_lock_flags(ctx.tree),
              "--entrypoint", str(ctx.build_dir / "main.ts")],
+            ctx=ctx,
             cwd=ctx.tree,
             env={"PATH": "/usr/bin:/bin", "HOME": str(deno_dir), "DENO_DIR": str(deno_dir), "NO_COLOR": "1",
                  "DENO_NO_UPDATE_CHECK": "1"},
-            log_path=ctx.log_path,
             read_only=[ctx.tree, ctx.build_dir, deno.parent],
             read_write=[deno_dir],
         )  # fmt: skip
         return True
     _binary(BUN)
     root = ctx.tree
-    modules = deps.npm_dependencies(
-        ctx.tree, ctx.cache_dir, allow_scripts=ctx.allow_lifecycle_scripts, log_path=ctx.log_path
-    )
+    modules = deps.npm_dependencies(ctx)
     if modules is not None:
         root = deps.app_dir_with_modules(ctx.tree, ctx.build_dir, modules)
     _write_main(ctx.build_dir, root / entry, "shim_bun.ts", entry)
@@ -161,10 +159,7 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
     bun = _binary(BUN)
     app = ctx.build_dir / "app"
     cwd = app if app.is_dir() else ctx.tree
-    read_only = [bun.parent]
-    modules = app / "node_modules"
-    if modules.is_symlink():
-        read_only.append(modules.resolve().parent)
+    read_only = [bun.parent, *deps.installed_modules(ctx.build_dir)]
     return launch.start(
         ctx,
         argv=[str(bun), "run", "--no-install", str(main)],

@@ -55,9 +55,7 @@ def runtime_build(runtime: str, ctx: BuildContext) -> bool:
     entry = ctx.entry or "index.js"
     if not (ctx.tree / entry).is_file():
         raise DeployFailed(f"entry file {entry!r} is not in the project")
-    modules = deps.npm_dependencies(
-        ctx.tree, ctx.cache_dir, allow_scripts=ctx.allow_lifecycle_scripts, log_path=ctx.log_path
-    )
+    modules = deps.npm_dependencies(ctx)
     if modules is not None:
         deps.app_dir_with_modules(ctx.tree, ctx.build_dir, modules)
     shutil.copyfile(HERE / SHIM, ctx.build_dir / SHIM)
@@ -69,10 +67,7 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
     node = _node()
     app = ctx.build_dir / "app"
     root = app if app.is_dir() else ctx.tree
-    read_only = [toolchain.tool_root(NAME) or node.parent]
-    modules = app / "node_modules"
-    if modules.is_symlink():
-        read_only.append(modules.resolve().parent)
+    read_only = [toolchain.tool_root(NAME) or node.parent, *deps.installed_modules(ctx.build_dir)]
     return launch.start(
         ctx,
         argv=[str(node), str(ctx.build_dir / SHIM)],

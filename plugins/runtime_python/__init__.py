@@ -4,8 +4,8 @@ headers, body, env) -> (status, headers, body)`.
 Server: granian (a daemon dependency, Rust HTTP and WebSockets, much faster than a
 pure-Python server), embedded in the project's single process by a small shim.
 Dependencies: `requirements.txt` goes into a virtual environment of the project's own,
-cached by the file's hash; that venv reaches granian through a `.pth` line placed after
-its own site-packages, so the project's packages win. Without a requirements.txt the
+cached by the file's hash in the project's own cache; the shim appends the daemon's
+site-packages (granian) after the venv's own, so the project's packages win. Without a requirements.txt the
 project runs on the daemon's interpreter (nothing to install).
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import sysconfig
 from pathlib import Path
 
 from tee_daemon import deps, launch, toolchain
@@ -50,7 +51,7 @@ def runtime_build(runtime: str, ctx: BuildContext) -> bool:
     entry = ctx.entry or "app.py"
     if not (ctx.tree / entry).is_file():
         raise DeployFailed(f"entry file {entry!r} is not in the project")
-    venv = deps.python_venv(ctx.tree, ctx.cache_dir, log_path=ctx.log_path)
+    venv = deps.python_venv(ctx)
     if venv is not None:
         (ctx.build_dir / VENV_POINTER).write_text(str(venv) + "\n")
     shutil.copyfile(HERE / SHIM, ctx.build_dir / SHIM)
@@ -74,6 +75,7 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
         read_only=read_only,
         extra_env={
             "TEE_ENTRY": str(ctx.tree / (ctx.entry or "app.py")),
+            "TEE_DAEMON_SITE": sysconfig.get_path("purelib"),
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONUNBUFFERED": "1",
         },

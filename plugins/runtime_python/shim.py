@@ -16,6 +16,9 @@ import sys
 from pathlib import Path
 
 ENTRY = os.environ.pop("TEE_ENTRY")
+# The daemon's site-packages (granian) after the project's own packages, so those win.
+if os.environ.get("TEE_DAEMON_SITE"):
+    sys.path.append(os.environ.pop("TEE_DAEMON_SITE"))
 KEYS = [k for k in os.environ.pop("TEE_ENV_KEYS", "").split(",") if k]
 ENV = {k: os.environ.get(k, "") for k in KEYS}
 
