@@ -13,7 +13,11 @@ Hardening, since the URL and the repository content come from the requester:
   filters), so the files on disk are the blobs byte for byte and their tree id matches
   the commit's tree (except for submodules, which are not fetched);
 - a deadline over all git commands and a size bound on the object store while fetching
-  and on the work tree while checking out: git is killed as soon as either is exceeded.
+  and on the work tree while checking out: git is killed as soon as either is exceeded;
+- the checked-out tree gets the tarball's rules (SPEC 4 and 9, `check_tree`): no link
+  leaving the tree, only files, folders and links, at most `max_files` entries and
+  `max_unpacked_bytes` bytes of files. The count and size are also watched while git
+  checks out, so a tree of millions of empty files is stopped early.
 """
 
 from __future__ import annotations
@@ -22,15 +26,18 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import SourceError
+from .tarball import check_link_target, check_links_stay_inside
 
-__all__ = ["fetch_git"]
+__all__ = ["fetch_git", "check_tree"]
 
 _COMMIT_ID = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
 _BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
@@ -52,12 +59,17 @@ def fetch_git(
     allow_insecure: bool,
     timeout: float = 120,
     max_bytes: int = 200 * 2**20,
+    max_files: int = 10_000,
+    max_unpacked_bytes: int = 100 * 2**20,
 ) -> str:
     """Check out `ref` (branch, tag, full commit id; None: the remote's default branch)
     of `url` into `dest` (missing or empty) and return the full commit id.
 
-    Raises SourceError for a refused URL or ref and for any fetch failure, timeout or
-    size excess; `dest` may then be left partially filled (the caller removes it).
+    `max_bytes` bounds the object store and the work tree while git runs; `max_files`
+    and `max_unpacked_bytes` are the tarball's limits, applied to the checked-out tree.
+    Raises SourceError for a refused URL or ref, for any fetch failure, timeout or
+    size excess, and for a tree `check_tree` refuses; `dest` may then be left partially
+    filled (the caller removes it).
     Raises ValueError if `dest` holds files (a caller bug). Blocks for up to `timeout`.
     """
     scheme = _check_url(url, allow_insecure)
@@ -75,10 +87,64 @@ def fetch_git(
                 git.init(exc.server_format)
                 commit = _fetch(git, ref)
             dest.mkdir(parents=True, exist_ok=True)
-            git.run("--work-tree", str(dest), "checkout", "-q", "-f", commit, watch=dest)
+            git.run(
+                "--work-tree", str(dest), "checkout", "-q", "-f", commit, watch=dest,
+                check=lambda: check_tree(dest, max_files, max_unpacked_bytes, complete=False),
+            )  # fmt: skip
         except _GitFailed as exc:
             raise SourceError(f"git fetch failed: {exc.summary()}") from None
+    check_tree(dest, max_files, max_unpacked_bytes)
     return commit
+
+
+def check_tree(root: Path, max_files: int, max_bytes: int, *, complete: bool = True) -> None:
+    """Refuse a checked-out tree that a tarball with the same entries would be refused for.
+
+    Walks `root` without following links: every symlink must stay inside the tree (its
+    target read lexically from the link's folder, then all links resolved together),
+    every entry must be a regular file, a folder or a symlink, there may be at most
+    `max_files` entries (files, folders and links, as tarball members count) and at most
+    `max_bytes` bytes in files. With `complete=False` (while git is still writing),
+    entries vanishing mid-walk are skipped and the resolved-links check is left out.
+    """
+    count = 0
+    total = 0
+    links: list[str] = []
+    folders: list[list[str]] = [[]]
+    while folders:
+        parts = folders.pop()
+        try:
+            entries = list(os.scandir(os.path.join(root, *parts)))
+        except (FileNotFoundError, NotADirectoryError):
+            if complete:
+                raise
+            continue
+        for entry in entries:
+            count += 1
+            if count > max_files:
+                raise SourceError(f"git source has more than {max_files} files and folders")
+            rel = [*parts, entry.name]
+            name = "/".join(rel)
+            try:
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISLNK(info.st_mode):
+                    check_link_target(rel, os.readlink(entry.path), name, "git source")
+                    links.append(name)
+                elif stat.S_ISDIR(info.st_mode):
+                    folders.append(rel)
+                elif stat.S_ISREG(info.st_mode):
+                    total += info.st_size
+                    if total > max_bytes:
+                        raise SourceError(f"git source checks out to more than {max_bytes} bytes")
+                else:
+                    raise SourceError(
+                        f"git source entry {name!r} is not a regular file, folder or symlink"
+                    )
+            except FileNotFoundError:
+                if complete:
+                    raise
+    if complete:
+        check_links_stay_inside(root, links, "git source")
 
 
 def redact(text: str) -> str:
@@ -221,8 +287,13 @@ class _Git:
             "* -text -eol -ident -filter -working-tree-encoding\n"
         )
 
-    def run(self, *args: str, watch: Path | None = None) -> str:
-        """Run `git <args>` on our git dir; raise _GitFailed with its stderr on failure."""
+    def run(
+        self, *args: str, watch: Path | None = None, check: Callable[[], None] | None = None
+    ) -> str:
+        """Run `git <args>` on our git dir; raise _GitFailed with its stderr on failure.
+
+        The deadline and the size bound on `watch` are checked while git runs, and so is
+        `check` (which raises to stop git)."""
         cmd = [*self.prefix, f"--git-dir={self.gitdir}", *args]
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(
@@ -235,8 +306,8 @@ class _Git:
                         proc.wait(timeout=_POLL)
                         break
                     except subprocess.TimeoutExpired:
-                        self._check_bounds(watch)
-                self._check_bounds(watch)  # a fast fetch may finish between polls
+                        self._check_bounds(watch, check)
+                self._check_bounds(watch, check)  # a fast fetch may finish between polls
             except BaseException:
                 try:  # git and its helpers (remote-https, index-pack) share the session
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -253,9 +324,11 @@ class _Git:
                 raise _GitFailed(stderr)
             return out.read().decode(errors="replace")
 
-    def _check_bounds(self, watch: Path | None) -> None:
+    def _check_bounds(self, watch: Path | None, check: Callable[[], None] | None) -> None:
         if time.monotonic() > self.deadline:
             raise SourceError(f"git fetch timed out after {self.timeout:g}s")
+        if check is not None:
+            check()
         if watch is not None and _disk_usage(watch) > self.max_bytes:
             raise SourceError(f"git repository is larger than {self.max_bytes} bytes")
 

@@ -29,7 +29,7 @@ from typing import BinaryIO, cast
 
 from .errors import SourceError
 
-__all__ = ["extract_tarball"]
+__all__ = ["extract_tarball", "check_link_target", "check_links_stay_inside"]
 
 _CHUNK = 1 << 16
 _BLOCK = 512
@@ -66,7 +66,7 @@ def extract_tarball(
         raise SourceError("corrupt tar archive: too many chained headers") from None
     finally:
         os.close(dest_fd)
-    _check_links_stay_inside(dest, links)
+    check_links_stay_inside(dest, links)
 
 
 class _BoundedTarInfo(tarfile.TarInfo):
@@ -182,7 +182,7 @@ def _extract_member(
             return  # "./": the root folder itself
         raise SourceError(f"tarball member {name!r} has an empty name")
     if member.issym():
-        _check_link_target(parts, member.linkname, name)
+        check_link_target(parts, member.linkname, name)
 
     parent = _open_parent(dest_fd, parts, name)
     leaf = parts[-1]
@@ -261,29 +261,31 @@ def _write_file(
         os.fchmod(out.fileno(), 0o755 if member.mode & 0o100 else 0o644)
 
 
-def _check_link_target(parts: list[str], target: str, name: str) -> None:
-    """Refuse link targets that are absolute or climb above the tree, read lexically."""
+def check_link_target(parts: list[str], target: str, name: str, what: str = "tarball") -> None:
+    """Refuse link targets that are absolute or climb above the tree, read lexically.
+
+    `parts` are the link's path components; `what` names the source in messages. The
+    same rules serve tarballs and git checkouts (gitsource.check_tree).
+    """
     if not target:
-        raise SourceError(f"tarball symlink {name!r} has an empty target")
+        raise SourceError(f"{what} symlink {name!r} has an empty target")
     if target.startswith("/"):
-        raise SourceError(f"tarball symlink {name!r} points to an absolute path {target!r}")
+        raise SourceError(f"{what} symlink {name!r} points to an absolute path {target!r}")
     where = parts[:-1]
     for part in target.split("/"):
         if part == "..":
             if not where:
-                raise SourceError(
-                    f"tarball symlink {name!r} -> {target!r} leaves the project folder"
-                )
+                raise SourceError(f"{what} symlink {name!r} -> {target!r} leaves the project folder")
             where.pop()
         elif part not in ("", "."):
             where.append(part)
 
 
-def _check_links_stay_inside(dest: Path, links: list[str]) -> None:
+def check_links_stay_inside(dest: Path, links: list[str], what: str = "tarball") -> None:
     """Once every link exists, resolve each for real: chains of links can climb out even
     when each target looks harmless on its own (`sub/up -> ..`, then `sub/x -> up/..`)."""
     root = os.path.realpath(dest)
     for rel in links:
         real = os.path.realpath(os.path.join(root, rel))
         if real != root and not real.startswith(root + os.sep):
-            raise SourceError(f"tarball symlink {rel!r} resolves outside the project folder")
+            raise SourceError(f"{what} symlink {rel!r} resolves outside the project folder")
