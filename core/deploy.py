@@ -16,6 +16,7 @@ import logging
 import shutil
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -36,6 +37,11 @@ TARBALL_SOURCE = "tarball"
 PROJECT_JSON_MAX = 64 * 1024
 DRAIN_TIMEOUT = 30.0
 RESTORE_CONCURRENCY = 8
+# Git fetches wait on remote servers for up to the git timeout: they get threads of
+# their own, so slow sources never hold the shared pool that unpacks, builds and starts
+# other projects (SPEC 9). A per-name lock already serializes one project's deploys.
+GIT_FETCH_CONCURRENCY = 16
+_GIT_FETCHES = ThreadPoolExecutor(GIT_FETCH_CONCURRENCY, thread_name_prefix="git-fetch")
 
 
 class Journal(Protocol):
@@ -207,7 +213,9 @@ class Deployer:
         try:
             tree = scratch / "tree"
             tree.mkdir()
-            source, ref, commit = await asyncio.to_thread(self._fetch, request, upload, tree)
+            pool = _GIT_FETCHES if upload is None else None  # None: asyncio's default pool
+            fetching = asyncio.get_running_loop().run_in_executor(pool, self._fetch, request, upload, tree)
+            source, ref, commit = await fetching
             ids = await asyncio.to_thread(treehash.tree_ids, tree)
             if template is not None and (commit, ids.sha256) == (template.commit, template.tree_sha256):
                 return None
@@ -270,6 +278,8 @@ class Deployer:
             allow_insecure=s.allow_insecure_sources,
             timeout=s.git_timeout,
             max_bytes=s.max_git_bytes,
+            max_files=s.max_files,
+            max_unpacked_bytes=s.max_unpacked_bytes,
         )
         return request.source, request.ref, commit
 
