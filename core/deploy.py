@@ -30,6 +30,7 @@ from .routing import Ingress, Route
 from .runtime import BuildContext, StartContext
 from .settings import Settings
 from .store import Store
+from .tenancy import Tenancy
 
 log = logging.getLogger("tee_daemon.deploy")
 
@@ -61,8 +62,10 @@ class Deployer:
         registry: Registry,
         ingress: Ingress,
         journal: Journal | None = None,
+        tenancy: Tenancy | None = None,
     ) -> None:
         self.settings = settings
+        self.tenancy = tenancy or Tenancy(settings, store)
         self.store = store
         self.registry = registry
         self.ingress = ingress
@@ -178,6 +181,7 @@ class Deployer:
             del self.projects[name]
             if route:
                 await self._stop(route)
+            await asyncio.to_thread(self.tenancy.forget, name)
             await asyncio.to_thread(self.store.delete, name)
             for runtime in sorted({v.runtime for v in project.versions}):
                 try:
@@ -356,6 +360,7 @@ class Deployer:
 
     def _build_context(self, name: str, version: Version) -> BuildContext:
         vdir = self.store.version_dir(name, version.version)
+        tenant = self.tenancy.tenant(name)
         return BuildContext(
             project=name,
             version=version.version,
@@ -363,16 +368,19 @@ class Deployer:
             entry=version.entry,
             tree=vdir / "tree",
             build_dir=vdir / "build",
-            cache_dir=self.store.cache_dir / version.runtime,
+            cache_dir=tenant.cache_dir / version.runtime,  # The project's own, never shared.
             env=dict(version.env),
             allow_lifecycle_scripts=self.settings.allow_lifecycle_scripts,
             log_path=self.store.logs_dir(name) / "build.log",
+            identity=tenant.identity,
+            build_timeout=self.settings.build_timeout,
         )
 
     def _start_context(self, name: str, version: Version) -> StartContext:
         vdir = self.store.version_dir(name, version.version)
         run_dir = self.store.run_dir / f"{name}.{version.version}.{time.monotonic_ns() % 10**8}"
         run_dir.mkdir(mode=0o700, parents=True)
+        tenant = self.tenancy.tenant(name)
         return StartContext(
             project=name,
             version=version.version,
@@ -380,11 +388,13 @@ class Deployer:
             entry=version.entry,
             tree=vdir / "tree",
             build_dir=vdir / "build",
-            data_dir=self.store.data_dir(name),
+            data_dir=tenant.data_dir,
             run_dir=run_dir,
             log_path=self.store.logs_dir(name) / "app.log",
             env={**version.env, **version.secrets},
             backend=self.settings.backend,
+            identity=tenant.identity,
+            tmp_dir=tenant.tmp_dir,
         )
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import json
+import logging
 import os
 import platform
 import select
@@ -42,6 +43,8 @@ from typing import Any, Protocol
 
 from .errors import DeployFailed
 from .identity import Identity
+
+log = logging.getLogger("tee_daemon.sandbox")
 
 MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
 SETPRIV = "/usr/bin/setpriv"  # util-linux: drops to the project's identity inside
@@ -146,7 +149,10 @@ class Spawned:
             self.egress.close()
             self.egress = None
         if self.cgroup is not None:
-            self.cgroup.remove()  # Kills stragglers: nothing of this process survives.
+            try:
+                self.cgroup.remove()  # Kills stragglers: nothing of this process survives.
+            except OSError as exc:
+                log.warning("could not remove a cgroup unit: %s", exc)
             self.cgroup = None
 
 

@@ -90,6 +90,9 @@ class Tenancy:
         if self.egress is not None:
             self.egress.close()
             self.egress = None
+        if self.cgroups is not None:
+            self.cgroups.close()
+            self.cgroups = None
 
     # -- per project ---------------------------------------------------------------
 
