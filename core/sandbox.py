@@ -273,6 +273,8 @@ def _system_binds() -> list[str]:
             args += ["--symlink", os.readlink(folder), folder]
         elif os.path.isdir(folder):
             args += ["--ro-bind", folder, folder]
+    # bwrap makes the folder holding a file bind 0700: /etc must stay traversable.
+    args += ["--perms", "0755", "--dir", "/etc"]
     for item in _SYSTEM_ETC:
         if os.path.exists(item):
             args += ["--ro-bind", item, item]
@@ -390,7 +392,7 @@ def _spawn(tool: str, plan: Plan, *, stdout: Any, stderr: Any) -> Spawned:
             # from this memfd when it sets up the mounts (after the handshake).
             resolv_fd = os.memfd_create("tee-resolv", 0)
             private.append(resolv_fd)
-            argv += ["--ro-bind-data", str(resolv_fd), "/etc/resolv.conf"]
+            argv += ["--perms", "0644", "--ro-bind-data", str(resolv_fd), "/etc/resolv.conf"]
         # bwrap sets up the mounts as root inside the namespace (see `_map_identity`);
         # setpriv then becomes the project's uid and gid for good (every capability,
         # the bounding set and the inheritable set cleared) and execs the program.

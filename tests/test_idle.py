@@ -141,7 +141,7 @@ def test_failed_cold_start_is_503_and_the_next_request_retries(fresh_daemon, nam
     assert "Traceback" not in r.text and "armed to fail" not in r.text  # No project output leaks.
     assert runtime_pids(daemon, name) == []
 
-    (daemon.data_dir / "projects" / name / "data" / "fail").unlink()
+    (daemon.data_dir / "projects" / name / "volume" / "data" / "fail").unlink()
     r = daemon.get(f"/{name}/")
     assert r.status_code == 200 and r.text == "ok"
 

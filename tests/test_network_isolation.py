@@ -1,7 +1,7 @@
-"""TEE_DAEMON_PROJECT_NETWORK=isolated: each process project runs in a network namespace
-of its own and is served over a unix socket; it cannot reach another project, the
-daemon or the internet. Against the real daemon over HTTP."""
-
+"""The project network (SPEC 9): `isolated` (the default) runs each process project in a
+network namespace of its own, served over a unix socket; it cannot reach another
+project, the daemon or the host (and with egress denied, nothing at all). `shared` is
+the opt-in loopback mode. Against the real daemon over HTTP."""
 from __future__ import annotations
 
 import os
@@ -15,6 +15,9 @@ from tee_daemon import process
 from test_runtimes import ENV, SAMPLES, app_files, deploy_ok
 
 ISOLATED = {"TEE_DAEMON_PROJECT_NETWORK": "isolated"}
+# Without egress no packet can leave the namespace: the "no route" check below sends nothing.
+NO_EGRESS = {**ISOLATED, "TEE_DAEMON_PROJECT_EGRESS": "deny"}
+SHARED = {"TEE_DAEMON_PROJECT_NETWORK": "shared"}
 
 if not process.bwrap_isolates_network():
     # On a developer's machine without user namespaces this is a skip; in CI, which runs
@@ -104,7 +107,7 @@ def test_samples_serve_through_the_daemon(fresh_daemon, name):
 
 
 def test_isolated_project_reaches_nothing_outside(fresh_daemon, name, listener):
-    daemon = fresh_daemon(env=ISOLATED)
+    daemon = fresh_daemon(env=NO_EGRESS)
     deploy_ok(daemon, name, {"app.py": PROBE})
     other = f"{name}-other"
     deploy_ok(daemon, other, app_files("python-asgi"))
@@ -124,8 +127,8 @@ def test_isolated_project_reaches_nothing_outside(fresh_daemon, name, listener):
 
 
 def test_shared_project_reaches_the_daemon(fresh_daemon, name, listener):
-    """The same probe in the default mode connects: the isolated test can fail."""
-    daemon = fresh_daemon()
+    """The same probe with the (opt-in) shared network connects: the isolated test can fail."""
+    daemon = fresh_daemon(env=SHARED)
     deploy_ok(daemon, name, {"app.py": PROBE})
     assert probe(daemon, name, port=daemon.port) == {"connected": True}
     assert probe(daemon, name, port=listener) == {"connected": True}

@@ -15,7 +15,7 @@ APPS = Path(__file__).parent / "apps"
 ENV = {"GREETING": "hi there"}
 SECRETS = {"API_KEY": "s3cret-value"}
 # Everything a project process may find in its environment besides its manifest env.
-ALLOWED_ENV = {"DATA_DIR", "HOME", "PORT", "HOST", "PATH", "LANG", "TMPDIR", "PWD", "SHLVL", "_"}
+ALLOWED_ENV = {"DATA_DIR", "HOME", "PORT", "LISTEN_UNIX", "HOST", "PATH", "LANG", "TMPDIR", "PWD", "SHLVL", "_"}
 ALLOWED_ENV |= {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "DENO_DIR", "NO_COLOR", "DENO_NO_UPDATE_CHECK"}
 ALLOWED_ENV |= {"BUN_RUNTIME_TRANSPILER_CACHE_PATH", "DO_NOT_TRACK"}
 
@@ -75,7 +75,7 @@ def test_handler_contract(daemon, name, sample):
     assert body["env"]["GREETING"] == "hi there"
     assert body["env"]["API_KEY"] == "s3cret-value"  # Secrets merged into env...
     assert "API_KEY" in body["environ"]  # ...and in the process environment.
-    data_dir = daemon.data_dir / "projects" / name / "data"
+    data_dir = daemon.data_dir / "projects" / name / "volume" / "data"
     assert Path(body["DATA_DIR"]) == data_dir
     assert Path(body["dataDir"]) == data_dir
     # Nothing of the daemon's environment, above all not its admin token.
@@ -180,7 +180,7 @@ def test_a_project_cannot_read_another_projects_data(daemon, name):
     victim, snoop = f"{name}-v", f"{name}-s"
     deploy_ok(daemon, victim, app_files("python-handle"))
     assert daemon.get(f"/{victim}/count").json() == {"count": 1}
-    secret_file = daemon.data_dir / "projects" / victim / "data" / "count.txt"
+    secret_file = daemon.data_dir / "projects" / victim / "volume" / "data" / "count.txt"
     assert secret_file.exists()
 
     deploy_ok(daemon, snoop, app_files("python-handle"))
@@ -188,7 +188,7 @@ def test_a_project_cannot_read_another_projects_data(daemon, name):
         r = daemon.get(f"/{snoop}/read", params={"path": str(target)})
         assert r.status_code == 403, (target, r.text)
     # Its own data is readable; so is its tree.
-    own = daemon.data_dir / "projects" / snoop / "data"
+    own = daemon.data_dir / "projects" / snoop / "volume" / "data"
     daemon.get(f"/{snoop}/count")
     assert daemon.get(f"/{snoop}/read", params={"path": str(own / "count.txt")}).text == "1"
 
