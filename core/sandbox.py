@@ -3,12 +3,12 @@
 A project's program runs inside bubblewrap with
 
 * **its own identity**: bwrap is started by the daemon (root) with a new user namespace
-  whose only mapping is the project's uid and gid to themselves (written by the daemon
-  while bwrap waits on ``--userns-block-fd``), so the program is that unprivileged host
-  uid, never 0, no capabilities in any namespace, ``no_new_privs`` (bwrap sets it), and a
+  that maps the project's uid and gid to themselves (written by the daemon while bwrap
+  waits on ``--userns-block-fd``; root is mapped too, for bwrap's own setup only, see
+  `_map_identity`); setpriv then makes the program that unprivileged host uid, never 0,
+  with no capabilities, an empty bounding set, ``no_new_privs`` (bwrap sets it), and a
   seccomp filter that refuses new user namespaces (the one way back to capabilities);
-  bwrap makes ``/proc/sys`` read-only, and bind mounts made in a more privileged
-  namespace cannot be remounted writable from a less privileged one;
+  bwrap makes ``/proc/sys`` read-only, and the program cannot remount anything;
 * **a sealed environment**: bwrap itself runs with a fixed, clean environment; the
   project's variables travel on a memfd read by ``--args`` as ``--setenv`` pairs, so
   they reach the program inside and nothing outside (``LD_PRELOAD`` in a project's env
@@ -355,49 +355,55 @@ def _spawn(tool: str, plan: Plan, *, stdout: Any, stderr: Any) -> Spawned:
     identity = plan.identity
     if identity is None or identity.uid == 0 or identity.gid == 0:
         raise DeployFailed("a sandboxed program needs an identity of its own (not root)")
-    info_r, info_w = os.pipe()
-    block_r, block_w = os.pipe()
     env_pairs: list[str] = ["--clearenv"]
     for key, value in plan.env.items():
         if "=" in key or "\0" in key or "\0" in value or not key:
             raise DeployFailed(f"environment variable {key!r} cannot be passed to a process")
         env_pairs += ["--setenv", key, value]
-    args_fd = _memfd("tee-env", b"".join(a.encode() + b"\0" for a in env_pairs))
-    private = [info_w, block_r, args_fd]
-    argv = [
-        tool, "--args", str(args_fd),
-        "--unshare-user", "--userns-block-fd", str(block_r), "--info-fd", str(info_w),
-        "--uid", "0", "--gid", "0",
-            "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
-        *(["--unshare-net"] if plan.network == "own" else []),
-        "--die-with-parent", "--new-session", "--hostname", "project",
-        *_system_binds(), "--proc", "/proc", "--dev", "/dev",
-    ]  # fmt: skip
-    argv += ["--bind", str(plan.tmp), "/tmp"] if plan.tmp is not None else ["--perms", "1777", "--tmpfs", "/tmp"]
-    argv += _binds(plan)
-    resolv_fd = None
-    program = seccomp_program()
-    if program is not None:
-        seccomp_fd = _memfd("tee-seccomp", program)
-        private.append(seccomp_fd)
-        argv += ["--seccomp", str(seccomp_fd)]
-    attachment: EgressAttachment | None = None
-    unit = _cgroups.unit(plan.project, plan.unit) if _cgroups is not None and plan.project else None
-    cgroup_fds = unit.procs_fds() if unit is not None else []
+    child_fds: list[int] = []  # Handed to bwrap, closed here once it runs.
+    own_fds: list[int] = []  # Kept here for the handshake.
+    unit = None
     try:
+        info_r, info_w = os.pipe()
+        own_fds.append(info_r)
+        child_fds.append(info_w)
+        block_r, block_w = os.pipe()
+        own_fds.append(block_w)
+        child_fds.append(block_r)
+        args_fd = _memfd("tee-env", b"".join(a.encode() + b"\0" for a in env_pairs))
+        child_fds.append(args_fd)
+        argv = [
+            tool, "--args", str(args_fd),
+            "--unshare-user", "--userns-block-fd", str(block_r), "--info-fd", str(info_w),
+            "--uid", "0", "--gid", "0",
+            "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
+            *(["--unshare-net"] if plan.network == "own" else []),
+            "--die-with-parent", "--new-session", "--hostname", "project",
+            *_system_binds(), "--proc", "/proc", "--dev", "/dev",
+        ]  # fmt: skip
+        argv += ["--bind", str(plan.tmp), "/tmp"] if plan.tmp is not None else ["--perms", "1777", "--tmpfs", "/tmp"]
+        argv += _binds(plan)
+        program = seccomp_program()
+        if program is not None:
+            seccomp_fd = _memfd("tee-seccomp", program)
+            child_fds.append(seccomp_fd)
+            argv += ["--seccomp", str(seccomp_fd)]
+        resolv_fd = None
         if plan.network == "own" and plan.egress:
             if _egress is None:
                 raise DeployFailed("outbound access was asked for but this daemon has no egress")
-            # The resolver file is written after the attachment exists; bwrap reads it
-            # from this memfd when it sets up the mounts (after the handshake).
+            # Filled once the attachment exists; bwrap reads it when it sets up the
+            # mounts, after the handshake.
             resolv_fd = os.memfd_create("tee-resolv", 0)
-            private.append(resolv_fd)
+            own_fds.append(resolv_fd)  # Also handed to bwrap (below).
             argv += ["--perms", "0644", "--ro-bind-data", str(resolv_fd), "/etc/resolv.conf"]
         # bwrap sets up the mounts as root inside the namespace (see `_map_identity`);
         # setpriv then becomes the project's uid and gid for good (every capability,
         # the bounding set and the inheritable set cleared) and execs the program.
         argv += ["--chdir", str(plan.cwd), "--", SETPRIV, f"--reuid={identity.uid}", f"--regid={identity.gid}",
                  "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--", *plan.argv]  # fmt: skip
+        unit = _cgroups.unit(plan.project, plan.unit) if _cgroups is not None and plan.project else None
+        own_fds += (cgroup_fds := unit.procs_fds() if unit is not None else [])
         try:
             proc = subprocess.Popen(
                 argv,
@@ -406,39 +412,43 @@ def _spawn(tool: str, plan: Plan, *, stdout: Any, stderr: Any) -> Spawned:
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
-                pass_fds=private,
+                pass_fds=child_fds + ([resolv_fd] if resolv_fd is not None else []),
                 start_new_session=True,
                 preexec_fn=functools.partial(_enter_cgroup_and_die_with_parent, cgroup_fds),
             )
         except OSError as exc:
-            if unit is not None:
-                unit.remove()
             raise DeployFailed(f"could not start the sandbox: {exc}") from None
-        for fd in (info_w, block_r, args_fd):
-            os.close(fd)
-        private = [fd for fd in private if fd not in (info_w, block_r, args_fd)]
-        info_w = block_r = args_fd = -1
-        try:
-            child = _read_child_pid(info_r, proc)
-            _map_identity(child, identity)
-            if resolv_fd is not None:
-                assert _egress is not None
-                attachment = _egress.attach(child)
-                os.write(resolv_fd, attachment.resolv_conf.encode())
-                os.lseek(resolv_fd, 0, os.SEEK_SET)
-            os.write(block_w, b"1")
-        except BaseException:
-            _kill(proc)
-            Spawned(proc, attachment, unit).release()
-            raise
-        return Spawned(proc, attachment, unit, unit.oom_kills() if unit is not None else 0)
+    except BaseException:
+        _close(own_fds + child_fds)
+        if unit is not None:
+            unit.remove()
+        raise
+    _close(child_fds)
+    attachment: EgressAttachment | None = None
+    try:
+        child = _read_child_pid(info_r, proc)
+        _map_identity(child, identity)
+        if resolv_fd is not None:
+            assert _egress is not None
+            attachment = _egress.attach(child)
+            os.pwrite(resolv_fd, attachment.resolv_conf.encode(), 0)
+        os.write(block_w, b"1")
+    except BaseException:
+        _kill(proc)
+        Spawned(proc, attachment, unit).release()
+        raise
     finally:
-        for fd in (info_r, block_w, info_w, block_r, args_fd, *private, *cgroup_fds):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        _close(own_fds)
+    return Spawned(proc, attachment, unit, unit.oom_kills() if unit is not None else 0)
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()
 
 
 def _read_child_pid(fd: int, proc: subprocess.Popen) -> int:
@@ -465,7 +475,7 @@ def _map_identity(pid: int, identity: Identity) -> None:
 
     Root is mapped too, because bwrap (started as root so that it can reach every
     folder it binds, even below a 0700 home) builds the sandbox's mounts as root
-    inside the namespace. The program never gets it back: bwrap switches to the
+    inside the namespace. The program never gets it back: setpriv switches to the
     project's uid and drops every capability before exec, `no_new_privs` makes
     set-uid files and file capabilities inert, and the seccomp filter refuses the
     nested user namespaces that would hand out new capabilities.

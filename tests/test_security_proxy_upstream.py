@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-# A python project that, at import, serves raw bytes on $PORT instead of granian.
+# A python project that, at import, serves raw bytes on $LISTEN_UNIX (or $PORT) instead of granian.
 RAW_APP = r'''
 import os, socket, threading, time
 RESP = {
@@ -62,9 +62,13 @@ def serve(c):
         time.sleep(0.2)
     finally:
         c.close()
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(os.environ["PORT"])))
+if os.environ.get("LISTEN_UNIX"):  # The isolated network (the default): a unix socket.
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(os.environ["LISTEN_UNIX"])
+else:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", int(os.environ["PORT"])))
 s.listen(50)
 while True:
     c, _ = s.accept()

@@ -95,19 +95,14 @@ def test_head_and_methods(daemon, site):
         assert post.status_code == 405 and post.headers["allow"] == "GET, HEAD"
 
 
-def test_links_out_of_the_tree_not_followed(daemon, tmp_path, name):
-    """A git source may hold symlinks; those leaving the tree are never followed."""
-    make_repo(
-        tmp_path,
-        "links.git",
-        {"index.html": "ok", "real.txt": "inside"},
-        symlinks={"passwd": "/etc/passwd", "up": "../../../../../../etc/hostname", "inside": "real.txt"},
-    )
+def test_links_inside_the_tree_served_and_links_out_refused(daemon, tmp_path, name):
+    """A git source may hold symlinks inside its tree; one leaving it is refused (SPEC 9)."""
+    make_repo(tmp_path, "links.git", {"index.html": "ok", "real.txt": "inside"}, symlinks={"inside": "real.txt"})
+    make_repo(tmp_path, "out.git", {"index.html": "ok"}, symlinks={"up": "../../../../../../etc/hostname"})
     with serve_git(tmp_path) as base:
         r = daemon.deploy_git(name, f"{base}/links.git")
+        out = daemon.deploy_git(f"{name}-out", f"{base}/out.git")
     assert r.status_code == 201, r.text
-    assert daemon.get(f"/{name}/passwd").status_code == 404
-    assert daemon.get(f"/{name}/up").status_code == 404
     assert daemon.get(f"/{name}/inside").text == "inside"
     # The links are still part of the hashed tree, exactly as git sees it.
     tree = subprocess.run(
@@ -115,6 +110,7 @@ def test_links_out_of_the_tree_not_followed(daemon, tmp_path, name):
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     assert r.json()["tree_sha1"] == tree
+    assert out.status_code == 400 and "leaves the project folder" in out.json()["detail"], out.text
 
 
 def test_custom_404_page(daemon, name):
