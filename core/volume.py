@@ -145,10 +145,16 @@ def _mount(image: Path, mount: Path) -> None:
     devices = _loop_devices(image)
     options = "nosuid,nodev"
     if devices:
-        _run("mount", "-t", "ext4", "-o", options, devices[0], mount)
-    else:
-        # mount sets up the loop device with autoclear: unmounting frees it.
-        _run("mount", "-t", "ext4", "-o", "loop," + options, image, mount)
+        try:
+            _run("mount", "-t", "ext4", "-o", options, devices[0], mount)
+            return
+        except VolumeError:
+            # A device on its way out (autoclear after a lazy unmount, as when a killed
+            # daemon's volumes are released and it starts again at once): wait it out.
+            if not _wait_detached(image, timeout=10.0):
+                raise
+    # mount sets up the loop device with autoclear: unmounting frees it.
+    _run("mount", "-t", "ext4", "-o", "loop," + options, image, mount)
 
 
 def _grow(image: Path, mount: Path, size: int) -> None:
