@@ -41,7 +41,7 @@ class Tenancy:
         self.settings = settings
         self.store = store
         self.identities = Identities(settings.data_dir)
-        self.key = hashlib.sha256(os.fsencode(str(settings.data_dir))).hexdigest()[:8]
+        self.key = daemon_key(settings.data_dir)
         self.unenforced: dict[str, str] = {}
         self.cgroups = None
         self.egress = None
@@ -142,6 +142,25 @@ class Tenancy:
         if self.unenforced:
             facts["unenforced"] = dict(self.unenforced)
         return facts
+
+
+def daemon_key(data_dir: Path) -> str:
+    """The short id naming this data dir's cgroups, firewall chains and address pool."""
+    return hashlib.sha256(os.fsencode(str(data_dir))).hexdigest()[:8]
+
+
+def remove_leftovers(data_dir: Path) -> None:
+    """What a killed daemon of `data_dir` left on the host (mounted volumes, cgroups,
+    firewall chains). A daemon starting again cleans them up itself; this is for a
+    data dir that will not be served again (the test suite's, after a crash test)."""
+    from . import egress, limits, volume
+
+    volume.release_all(data_dir)
+    key = daemon_key(data_dir)
+    if not isinstance(limits.probe(), str):
+        limits.Cgroups(key, limits.Limits()).close()
+    if egress.probe() is None:
+        egress.Egress(key).close()
 
 
 def problems(settings: Settings) -> dict[str, str]:

@@ -77,11 +77,12 @@ class DaemonProcess:
                 self.proc.wait()
         if self.proc:
             self.log.close()
-        # A killed daemon leaves its projects' volumes mounted (a restart reuses them):
-        # unmount them so the test's folders can be removed.
-        from tee_daemon import volume
+        # A killed daemon leaves its projects' volumes mounted, its cgroups and firewall
+        # chains in place (a restart reuses them): remove them, the test may not restart it.
+        if sig == signal.SIGKILL:
+            from tee_daemon.tenancy import remove_leftovers
 
-        volume.release_all(self.data_dir)
+            remove_leftovers(self.data_dir.resolve())
 
     def kill(self) -> None:
         """Crash the daemon and everything it started (as a power cut would)."""
