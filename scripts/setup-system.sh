@@ -28,8 +28,11 @@ PACKAGES=(
   # reverse proxy / static server, load generator
   nginx-light
   wrk
-  # sandboxing and base-image material
+  # tenant isolation (SPEC 9): the sandbox, setpriv, per-project volumes, egress NAT
   bubblewrap
+  util-linux
+  mount
+  e2fsprogs
   busybox-static
   debootstrap
 )
