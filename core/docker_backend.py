@@ -9,13 +9,23 @@ daemon's id: a hash of its data dir, or TEE_DAEMON_DOCKER_ID), ``tee-daemon.proj
 for images and containers, ``tee-daemon.version``:
 
 * images ``tee-daemon/<project>:<id>-v<version>``, built with pull=False from a bounded
-  context in bounded time; kept while the version is kept (rollback stays instant);
-* one bridge network ``tee-<id>-<project>``: containers of other projects are on other
-  bridges, which the engine isolates from each other;
-* one named volume ``tee-<id>-<project>-data`` mounted at /data (DATA_DIR);
-* one container per running version, its port published on 127.0.0.1 only; caps dropped,
-  no-new-privileges, read-only root (tmpfs /tmp), memory/CPU/pids limits, restart policy
-  on-failure with a cap, the configured OCI runtime.
+  context in bounded time, each build step under the project's memory and CPU limits on
+  the project's own network; kept while the version is kept (rollback stays instant);
+* one bridge network ``tee-<id>-<project>`` (``...-internal``, with no route out, when
+  TEE_DAEMON_PROJECT_EGRESS=deny): containers of other projects are on other bridges,
+  which the engine isolates from each other;
+* one named volume ``tee-<id>-<project>-data`` mounted at /data (DATA_DIR), owned by the
+  project's uid;
+* one container per running version, its port published on 127.0.0.1 only (with egress
+  deny the daemon connects to its address on the internal network instead). Hostile
+  tenants are the norm (SPEC section 9), so every container runs as a uid:gid of the
+  project's own (never root, whatever the image's USER), with every capability dropped,
+  no-new-privileges, a read-only root and a size-limited tmpfs /tmp, memory (no swap),
+  CPU and pids limits (TEE_DAEMON_PROJECT_*, overridden by TEE_DAEMON_DOCKER_*), never
+  privileged, no devices, no host namespace, no engine socket; a restart policy
+  on-failure with a cap, the configured OCI runtime. A kill for exceeding the memory
+  limit is a line in the project's log. `hardening_facts` says all of it for
+  /_api/substrate, and what the engine cannot do.
 
 `stop()` always removes the container (a version retired after a switch, a delete, a
 failed start); `detach()` (daemon shutdown) leaves a ready container running so that the
@@ -68,10 +78,26 @@ class DockerConfig(msgspec.Struct, frozen=True):
     tmpfs_size: str = "64m"
     restart_max: int = 10
     build_timeout: float = 600.0
-    build_memory: str = "2g"
+    build_memory: str = "512m"
     max_context: int = 200 * MiB
     log_max_size: str = "10m"
+    egress: str = "allow"  # "deny": the project's network is internal (no route out)
+    disk_mb: int = 1024
+    # The variable that set build_timeout (named in the error a slow build gets).
+    build_timeout_var: str = "TEE_DAEMON_BUILD_TIMEOUT"
 
+
+# SPEC section 9's per-project settings (core/settings.py reads the same names): the
+# defaults of the container limits. The TEE_DAEMON_DOCKER_* variables below override
+# them for containers only.
+_PROJECT_ENV = {
+    "TEE_DAEMON_PROJECT_MEMORY_MB": ("memory", lambda raw: f"{int(raw)}m"),
+    "TEE_DAEMON_PROJECT_CPUS": ("cpus", float),
+    "TEE_DAEMON_PROJECT_PIDS": ("pids", int),
+    "TEE_DAEMON_PROJECT_DISK_MB": ("disk_mb", int),
+    "TEE_DAEMON_PROJECT_EGRESS": ("egress", str),
+    "TEE_DAEMON_BUILD_TIMEOUT": ("build_timeout", float),
+}
 
 _ENV = {
     "TEE_DAEMON_DOCKER_MEMORY": ("memory", str),
@@ -88,19 +114,39 @@ _ENV = {
     "TEE_DAEMON_DOCKER_LOG_MAX_SIZE": ("log_max_size", str),
 }
 
+DEFAULT_TMP_MB = 64  # /tmp of a container (a tmpfs: it counts against the memory limit too)
+
 
 def config(environ=os.environ) -> DockerConfig:
-    """The operator's settings (TEE_DAEMON_DOCKER_*), read on every use."""
+    """The operator's settings, read on every use: TEE_DAEMON_PROJECT_* (and
+    TEE_DAEMON_BUILD_TIMEOUT), overridden by TEE_DAEMON_DOCKER_* where set."""
     values: dict[str, Any] = {}
-    for var, (field, kind) in _ENV.items():
-        raw = environ.get(var, "").strip()
-        if not raw:
-            continue
-        try:
-            values[field] = raw.lower() in {"1", "true", "yes", "on"} if kind is bool else kind(raw)
-        except ValueError:
-            raise UserError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
+    for table in (_PROJECT_ENV, _ENV):
+        for var, (field, kind) in table.items():
+            raw = environ.get(var, "").strip()
+            if not raw:
+                continue
+            try:
+                values[field] = raw.lower() in {"1", "true", "yes", "on"} if kind is bool else kind(raw)
+            except ValueError:
+                name = getattr(kind, "__name__", "number")
+                raise UserError(f"{var}={raw!r} is not a valid {'number' if name == '<lambda>' else name}") from None
+            if field == "build_timeout":
+                values["build_timeout_var"] = var
+    if values.get("egress", "allow") not in ("allow", "deny"):
+        raise UserError("TEE_DAEMON_PROJECT_EGRESS must be 'allow' or 'deny'")
+    if "tmpfs_size" not in values:  # /tmp is part of the project's disk budget
+        values["tmpfs_size"] = f"{min(DEFAULT_TMP_MB, int(values.get('disk_mb', 1024)))}m"
+    if "build_memory" not in values:  # builds run under the project's limits (SPEC 9)
+        values["build_memory"] = values.get("memory", "512m")
     return DockerConfig(**values)
+
+
+CFS_PERIOD_US = 100_000
+
+
+def _cpu_quota(cpus: float) -> int:
+    return max(1000, int(cpus * CFS_PERIOD_US))
 
 
 def memory_bytes(value: str) -> int:
@@ -166,6 +212,66 @@ _facts_refreshing = False
 FACTS_TTL = 30.0
 
 
+def hardening_facts(cfg: DockerConfig, info: dict | None = None) -> dict[str, Any]:
+    """What every project container gets (SPEC section 9 for containers), and what of it
+    this engine (`info`: its /info answer, when known) or the build API cannot apply."""
+    memory_mib = memory_bytes(cfg.memory) // MiB
+    facts: dict[str, Any] = {
+        "user": "a uid:gid of the project's own (never 0, never another project's), whatever the image's USER",
+        "capabilities": "all dropped (CapEff 0)",
+        "no_new_privileges": True,
+        "privileged": False,
+        "devices": "none",
+        "namespaces": "own network, pid, ipc, uts and mount namespaces; never the host's",
+        "engine_socket": "never bound in",
+        "root_filesystem": "read-only" if cfg.read_only else "writable (TEE_DAEMON_DOCKER_READ_ONLY=0)",
+        "tmp": f"tmpfs of {cfg.tmpfs_size} (counts against the memory limit)" if cfg.read_only else "image's",
+        "limits": {
+            "memory_mib": memory_mib,
+            "swap_mib": 0,
+            "cpus": cfg.cpus,
+            "pids": cfg.pids,
+            "tmp_mib": memory_bytes(cfg.tmpfs_size) // MiB if cfg.read_only else None,
+            "restarts": cfg.restart_max,
+        },
+        "out_of_memory": "the container (or its process) is killed; the project's log says so, the admin "
+        "view counts oom_kills, and the engine restarts a killed container",
+        "network": "a bridge network per project: other projects' containers are on other bridges; its "
+        "published port is bound to the host's loopback only, where no project reaches",
+        "egress": cfg.egress + (" (an internal network: no route out; the daemon connects to the container's "
+                                "address)" if cfg.egress == "deny" else ""),
+        "build": {
+            "memory_mib": memory_bytes(cfg.build_memory) // MiB,
+            "swap_mib": 0,
+            "cpus": cfg.cpus,
+            "timeout_s": cfg.build_timeout,
+            "network": "the project's own" + (" (internal)" if cfg.egress == "deny" else ""),
+            "pull": False,
+        },
+    }
+    unenforced = {
+        "data_disk": "the engine's local volume driver cannot limit the size of a project's /data volume "
+        f"(TEE_DAEMON_PROJECT_DISK_MB={cfg.disk_mb} applies to /tmp only)",
+        "build_pids": "the engine's build API has no pids limit for build steps",
+        "build_identity": "build steps run as the Dockerfile's USER (root by default) with the engine's default "
+        "capabilities, unless the engine remaps users (userns-remap, rootless)",
+        "host_services": "a container can connect to services of the host that listen on all interfaces "
+        "(through its network's gateway); the daemon and published ports listen on loopback only",
+    }
+    if info:
+        security = info.get("SecurityOptions") or []
+        options = " ".join(security)
+        facts["engine_security"] = sorted(o.split(",")[0].removeprefix("name=") for o in security)
+        if "userns" in options or "rootless" in options:
+            del unenforced["build_identity"]
+        for key, what in (("MemoryLimit", "memory"), ("SwapLimit", "swap"), ("PidsLimit", "pids"),
+                          ("CpuCfsQuota", "cpus")):
+            if info.get(key) is False:
+                unenforced[f"{what}_limit"] = f"the engine reports no {what} limit support ({key}: false)"
+    facts["unenforced"] = unenforced
+    return facts
+
+
 def _engine_facts() -> dict[str, Any]:
     cfg = config()
     facts: dict[str, Any] = {
@@ -173,9 +279,6 @@ def _engine_facts() -> dict[str, Any]:
         "available": False,
         "docker_host": _docker_host() if _docker_host().startswith("unix://") else "tcp",
         "oci_runtime": cfg.oci_runtime or None,
-        "limits": {"memory": cfg.memory, "cpus": cfg.cpus, "pids": cfg.pids},
-        "isolation": "container per project: own bridge network, all capabilities dropped, "
-        "no-new-privileges" + (", read-only root" if cfg.read_only else ""),
     }
     try:
         c = client()
@@ -193,6 +296,7 @@ def _engine_facts() -> dict[str, Any]:
         oci_runtimes=runtimes,
         storage_driver=info.get("Driver"),
         cgroup_version=info.get("CgroupVersion"),
+        info={k: info.get(k) for k in ("SecurityOptions", "MemoryLimit", "SwapLimit", "PidsLimit", "CpuCfsQuota")},
     )
     if cfg.oci_runtime and cfg.oci_runtime not in runtimes:
         facts["error"] = f"configured OCI runtime {cfg.oci_runtime!r} is not installed in the engine"
@@ -218,7 +322,15 @@ def substrate() -> dict[str, Any]:
         worker.start()
         if not _facts:
             worker.join(2.0)
-    return dict(_facts) if _facts else {"available": None, "engine": None, "note": "still asking the engine"}
+    facts = dict(_facts) if _facts else {"available": None, "engine": None, "note": "still asking the engine"}
+    info = facts.pop("info", None)
+    try:
+        cfg = config()
+    except UserError as exc:
+        facts["error"] = str(exc)
+        return facts
+    facts["container"] = hardening_facts(cfg, info)
+    return facts
 
 
 def check_oci_runtime(c, cfg: DockerConfig) -> None:
@@ -235,6 +347,12 @@ def check_oci_runtime(c, cfg: DockerConfig) -> None:
 # -- naming -------------------------------------------------------------------------------
 
 
+def projects_dir_of(ctx) -> Path:
+    """<data-dir>/projects, from a Build- or StartContext: its build folder is
+    projects/<name>/versions/<n>/build (the data dir may live elsewhere, on a volume)."""
+    return Path(ctx.build_dir).parents[3]
+
+
 def daemon_id(projects_dir: Path) -> str:
     """This daemon's id on a shared engine: TEE_DAEMON_DOCKER_ID, else a data-dir hash."""
     override = os.environ.get("TEE_DAEMON_DOCKER_ID", "").strip().lower()
@@ -247,8 +365,8 @@ def image_tag(did: str, project: str, version: int) -> str:
     return f"tee-daemon/{project}:{did}-v{version}"
 
 
-def network_name(did: str, project: str) -> str:
-    return f"tee-{did}-{project}"
+def network_name(did: str, project: str, internal: bool = False) -> str:
+    return f"tee-{did}-{project}" + ("-internal" if internal else "")
 
 
 def volume_name(did: str, project: str) -> str:
@@ -330,9 +448,14 @@ def build_image(
     image_labels: dict[str, str],
     log_path: Path | None,
     cfg: DockerConfig,
+    network: str | None = None,
 ) -> str:
     """Build with pull=False in at most cfg.build_timeout seconds; return the image id.
 
+    Each build step's container gets the project's memory (no swap) and CPU limits and
+    runs on `network` (the project's own network: not the engine's default bridge that
+    other projects' builds share; internal with egress deny). The engine's build API has
+    no pids limit, and steps run as the Dockerfile's USER (see `hardening_facts`).
     The engine's output goes to `log_path`; a failure raises DeployFailed with its tail.
     """
     import docker
@@ -340,6 +463,11 @@ def build_image(
     client()  # EngineUnavailable first, with its clear message.
     ctx = build_context(tree, dockerfile, cfg.max_context)
     api = _BuildClient(**docker.utils.kwargs_from_env(), version="auto", timeout=cfg.build_timeout)
+    # Beyond what docker-py's container_limits accepts: the CPU quota and the network.
+    api.extra_build_params = {"cpuperiod": CFS_PERIOD_US, "cpuquota": _cpu_quota(cfg.cpus)}
+    if network:
+        api.extra_build_params["networkmode"] = network
+    build_memory = memory_bytes(cfg.build_memory)
     output: list[str] = []
     image_id = None
     error = None
@@ -350,7 +478,8 @@ def build_image(
         api.abort()
 
     timer = threading.Timer(cfg.build_timeout, cancel)
-    log_line(log_path, f"docker build {tag} (pull=False, limit {cfg.build_timeout:g}s)")
+    log_line(log_path, f"docker build {tag} (pull=False, limit {cfg.build_timeout:g}s, memory "
+             f"{cfg.build_memory}, cpus {cfg.cpus:g}, network {network or 'default'})")
     out = open(log_path, "ab") if log_path else None
     try:
         timer.start()
@@ -364,7 +493,7 @@ def build_image(
             forcerm=True,
             decode=True,
             labels=image_labels,
-            container_limits={"memory": memory_bytes(cfg.build_memory), "memswap": -1},
+            container_limits={"memory": build_memory, "memswap": build_memory},
         )
         for item in stream:
             text = item.get("stream") or item.get("status") or ""
@@ -390,7 +519,7 @@ def build_image(
         with contextlib.suppress(Exception):
             api.close()
     if timed_out.is_set():
-        error = f"the Docker build took longer than {cfg.build_timeout:g}s (TEE_DAEMON_DOCKER_BUILD_TIMEOUT)"
+        error = f"the Docker build took longer than {cfg.build_timeout:g}s ({cfg.build_timeout_var})"
     tail = "\n".join("".join(output).splitlines()[-LOG_TAIL:])
     if error is None and image_id is None:
         try:
@@ -413,6 +542,12 @@ try:
         """An API client whose streaming build can be cut off from another thread."""
 
         _response = None
+        extra_build_params: dict[str, Any] = {}
+
+        def _post(self, url, **kwargs):
+            if self.extra_build_params and url.endswith("/build"):
+                kwargs["params"] = {**(kwargs.get("params") or {}), **self.extra_build_params}
+            return super()._post(url, **kwargs)
 
         def _stream_helper(self, response, decode=False):
             self._response = response
@@ -436,20 +571,36 @@ except ImportError:  # pragma: no cover - docker-py is a dependency
 # -- per-project objects ------------------------------------------------------------------
 
 
-def ensure_network(c, did: str, project: str):
+def ensure_network(c, did: str, project: str, internal: bool = False):
+    """The project's own bridge network; `internal` (egress deny): one without a route
+    out of it, which the engine cannot publish ports from (the daemon then connects to
+    the container's address on it)."""
     import docker
 
-    name = network_name(did, project)
+    name = network_name(did, project, internal)
     try:
-        return c.networks.get(name)
+        net = c.networks.get(name)
     except docker.errors.NotFound:
-        pass
+        net = None
+    if net is not None:
+        attrs = net.attrs
+        if bool(attrs.get("Internal")) == internal and (attrs.get("Labels") or {}).get(LABEL_DAEMON) == did:
+            return net
+        # Not the network this daemon made (or made differently): never join it.
+        with contextlib.suppress(Exception):
+            net.remove()
     try:
         return c.networks.create(
-            name, driver="bridge", labels=labels(did, project), check_duplicate=True
+            name, driver="bridge", internal=internal, labels=labels(did, project), check_duplicate=True
         )
-    except docker.errors.APIError:
-        return c.networks.get(name)  # Created concurrently.
+    except docker.errors.APIError as exc:
+        try:
+            net = c.networks.get(name)  # Created concurrently.
+        except docker.errors.NotFound:
+            raise DeployFailed(f"{project}: the network {name} could not be created: {_short(exc)}") from None
+        if bool(net.attrs.get("Internal")) != internal:
+            raise DeployFailed(f"{project}: the network {name} exists with other settings and is in use") from None
+        return net
 
 
 def ensure_volume(c, did: str, project: str):
@@ -472,7 +623,7 @@ def remove_project(c, did: str, project: str, keep_volume: bool) -> None:
     f = _filters(did, project)
     for ctr in c.containers.list(all=True, filters=f, ignore_removed=True):
         with contextlib.suppress(Exception):
-            ctr.remove(force=True)
+            ctr.remove(force=True, v=True)
     for img in _images(c, f):
         with contextlib.suppress(Exception):
             c.images.remove(img["Id"], force=True)
@@ -583,6 +734,140 @@ def _parse_ts(line: bytes) -> tuple[float | None, bytes]:
     return ts, rest
 
 
+# -- identities, the data volume, what may be bound ---------------------------------------
+
+# Used only where core hands no identity (ctx.identity: no sandbox on this machine), in a
+# range of its own, below core's (tee_daemon.identity starts at 200000).
+FALLBACK_FIRST_ID = 150_000
+FALLBACK_LAST_ID = 199_999
+FALLBACK_FILE = "container-identities.json"
+_ids_lock = threading.Lock()
+
+
+def _fallback_id(data_root: Path, project: str) -> int:
+    """A number of the project's own, recorded in <data-dir>/container-identities.json
+    before use and never handed out twice (not even after a delete)."""
+    from .store import atomic_write
+
+    path = data_root / FALLBACK_FILE
+    with _ids_lock:
+        try:
+            records = json.loads(path.read_text())
+        except (OSError, ValueError):
+            records = {}
+        projects = records.setdefault("projects", {})
+        number = projects.get(project)
+        if not isinstance(number, int):
+            number = int(records.get("next", FALLBACK_FIRST_ID))
+            if number > FALLBACK_LAST_ID:
+                raise DeployFailed("the daemon has used up its range of container identities")
+            projects[project] = number
+            records["next"] = number + 1
+            atomic_write(path, json.dumps(records, sort_keys=True).encode(), mode=0o600)
+        return number
+
+
+def container_identity(project: str, projects_dir: Path, identity: Any = None) -> tuple[int, int]:
+    """The uid and gid a project's containers run as, whatever the image's USER says:
+    core's identity of the project (a runtime passes `ctx.identity`, the one its sandbox
+    uses), else one allocated here. Never 0, never another project's."""
+    if identity is not None:
+        uid, gid = int(identity.uid), int(identity.gid)
+    else:
+        uid = gid = _fallback_id(projects_dir.parent, project)
+    if uid <= 0 or gid <= 0:
+        raise DeployFailed(f"{project}: refusing to run a container as uid {uid}, gid {gid}")
+    return uid, gid
+
+
+def _volume_owned_by(c, image: str, volume: str, uid: int, gid: int, mine: dict[str, str]) -> None:
+    """Make the root of the project's named volume the project's (mode 0700), so that its
+    unprivileged user can write /data. The engine does it: a container that is created,
+    never started, mounts the volume, and an archive holding one directory entry for the
+    mount point (with that owner) is extracted onto it. No image content is run."""
+    import docker
+
+    point = f"tee-volume-{_secrets.token_hex(4)}"
+    buf = io.BytesIO()
+    import tarfile
+
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        entry = tarfile.TarInfo(point)
+        entry.type, entry.mode, entry.uid, entry.gid, entry.mtime = tarfile.DIRTYPE, 0o700, uid, gid, int(time.time())
+        tar.addfile(entry)
+    helper = None
+    try:
+        helper = c.containers.create(
+            image, name=f"tee-init-{_secrets.token_hex(6)}", entrypoint=["/nonexistent"],
+            labels={**mine, LABEL_CONFIG: "volume-init"}, network_mode="none", user=f"{uid}:{gid}",
+            mounts=[docker.types.Mount(target=f"/{point}", source=volume, type="volume", no_copy=True)],
+        )
+        if not helper.put_archive("/", buf.getvalue()):
+            raise DeployFailed("the engine refused the archive")
+    except docker.errors.APIError as exc:
+        raise DeployFailed(f"the data volume {volume} could not be given to uid {uid}: {_short(exc)}") from None
+    finally:
+        if helper is not None:
+            with contextlib.suppress(Exception):
+                helper.remove(force=True, v=True)
+
+
+def _host_data_dir_owned_by(path: str, uid: int, gid: int) -> None:
+    """--backend docker without core's identity: the bound data dir becomes the project's."""
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.lchown(path, uid, gid)
+        os.chmod(path, 0o700)
+
+
+def _engine_sockets() -> set[str]:
+    host = _docker_host()
+    found = {"/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock"}
+    if host.startswith("unix://"):
+        found.add(host[len("unix://"):])
+    return {os.path.realpath(p) for p in found}
+
+
+def _check_binds(binds: list[dict]) -> None:
+    """No bind may expose the engine's socket (or a folder above it): that is root."""
+    sockets = _engine_sockets()
+    for bind in binds:
+        src = os.path.realpath(str(bind["source"]))
+        for sock in sockets:
+            if sock == src or sock.startswith(src.rstrip("/") + "/"):
+                raise DeployFailed(f"refusing to bind {bind['source']} into a container: it holds the "
+                                   "Docker engine's socket")
+
+
+# Image folders that only root may enter (Debian's and Alpine's /root is 0700).
+ROOT_ONLY_DIRS = ("/root",)
+PASSAGES = "container-passages"
+
+
+def _passages(data_root: Path, targets: list[str]) -> list[dict]:
+    """Binds for host paths under an image folder only root may enter (the daemon's
+    interpreter under /root/.pyenv, say): over that folder, a read-only folder of the
+    daemon's (<data-dir>/container-passages/root, mode 0755) holding only the empty
+    mount points, so the project's uid can pass through to what is bound beneath.
+    (A tmpfs cannot: runc gives it the mode of the folder it covers.)"""
+    out: list[dict] = []
+    for top in ROOT_ONLY_DIRS:
+        inside = [t for t in targets if t.startswith(top + "/")]
+        if not inside:
+            continue
+        passage = data_root / PASSAGES / top.strip("/")
+        for target in inside:
+            folder = passage / Path(target).relative_to(top)
+            folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+            while folder != passage.parent:
+                with contextlib.suppress(OSError):
+                    os.chmod(folder, 0o755)
+                folder = folder.parent
+        out.append({"source": str(passage), "target": top, "read_only": True})
+    return out
+
+
 class ContainerSpec(msgspec.Struct, frozen=True):
     project: str
     version: int
@@ -599,7 +884,7 @@ class ContainerSpec(msgspec.Struct, frozen=True):
     # The project's data dir bound read-write at this same path (DATA_DIR as spec.env has
     # it) instead of the project's named volume at /data (--backend docker).
     data_dir: str | None = None
-    user: str | None = None  # "uid:gid"; None: the image's user
+    user: str | None = None  # "uid:gid" (never 0); None: one of the project's own (container_identity)
 
 
 class ContainerInstance(Instance):
@@ -610,25 +895,72 @@ class ContainerInstance(Instance):
         self.cfg = config()
         self.did = daemon_id(spec.projects_dir)
         self.port = spec.env.get("PORT") or DEFAULT_PORT
+        self.internal = self.cfg.egress == "deny"
+        self.network = network_name(self.did, spec.project, self.internal)
         self.host_port: int | None = None
+        # Where the daemon connects: the loopback port the engine publishes, or with
+        # egress deny (an internal network, which publishes nothing) the container's
+        # address on its network.
+        self.address: tuple[str, int] | None = None
         self.container_id: str | None = None
         self.container_name: str | None = None
         self.adopted = False
         self.state = "starting"
         self.restarts = 0
         self.last_exit: int | None = None
+        self.oom_kills = 0
+        self.last_oom: float | None = None
         self._ready = False
         self._stopping = False
         self._follower: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
+        self._events: Any = None
         self._follow_stop = threading.Event()
+        self._forward: Any = None
 
     @property
     def label(self) -> str:
         return f"{self.spec.project} v{self.spec.version}"
 
+    @property
+    def memory_mib(self) -> int:
+        return memory_bytes(self.cfg.memory) // MiB
+
     # -- creation (in a worker thread) --------------------------------------------------
 
-    def _run_config(self) -> dict[str, Any]:
+    def _user(self) -> str:
+        if self.spec.user is not None:
+            uid, _, gid = self.spec.user.partition(":")
+            if uid.strip() in ("", "0", "root") or gid.strip() in ("0", "root"):
+                raise DeployFailed(f"{self.label}: refusing to run a container as {self.spec.user!r}")
+            return self.spec.user
+        uid, gid = container_identity(self.spec.project, self.spec.projects_dir)
+        return f"{uid}:{gid}"
+
+    def _tmpfs(self, read_only: bool, image_volumes: list[str]) -> dict[str, str] | None:
+        """/tmp, size-limited, on a read-only root; and over each VOLUME the image
+        declares (else the engine gives it an anonymous volume: writable, unlimited and
+        left behind), a size-limited tmpfs that keeps the folder's mode and goes with
+        the container."""
+        out: dict[str, str] = {}
+        if read_only:
+            out["/tmp"] = f"rw,nosuid,nodev,mode=1777,size={self.cfg.tmpfs_size}"
+        taken = {"/tmp", "/data" if self.spec.data_dir is None else self.spec.data_dir}
+        taken.update(str(m["target"]) for m in self.spec.mounts)
+        for path in sorted(image_volumes):
+            path = "/" + path.strip("/")
+            if path not in taken and path != "/":
+                out[path] = f"rw,nosuid,nodev,size={self.cfg.tmpfs_size}"
+        return out or None
+
+    def _image_volumes(self, c) -> list[str]:
+        try:
+            return sorted((c.api.inspect_image(self.spec.image).get("Config") or {}).get("Volumes") or {})
+        except Exception:
+            return []  # A missing image is reported by create.
+
+    def _run_config(self, image_volumes: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+        """The container's configuration: the hardening of SPEC section 9 for containers."""
         cfg = self.cfg
         env = {**self.spec.env, "PORT": self.port}
         if self.spec.data_dir is None:
@@ -636,54 +968,56 @@ class ContainerInstance(Instance):
         read_only = cfg.read_only if self.spec.read_only is None else self.spec.read_only
         from docker.types import LogConfig, Mount
 
+        _check_binds([*self.spec.mounts, *([{"source": self.spec.data_dir}] if self.spec.data_dir else [])])
         if self.spec.data_dir is None:
-            mounts = [Mount(target="/data", source=volume_name(self.did, self.spec.project), type="volume")]
+            mounts = [Mount(target="/data", source=volume_name(self.did, self.spec.project), type="volume",
+                            no_copy=True)]
         else:
             mounts = [Mount(target=self.spec.data_dir, source=self.spec.data_dir, type="bind", read_only=False)]
         for m in self.spec.mounts:
             mounts.append(Mount(target=m["target"], source=str(m["source"]), type="bind",
                                 read_only=bool(m.get("read_only", True))))
+        memory = memory_bytes(cfg.memory)
         run = dict(
             environment=env,
-            network=network_name(self.did, self.spec.project),
+            network=self.network,
             mounts=mounts,
-            mem_limit=memory_bytes(cfg.memory),
-            memswap_limit=memory_bytes(cfg.memory),
+            user=self._user(),
+            mem_limit=memory,
+            memswap_limit=memory,  # no swap on top
             nano_cpus=int(cfg.cpus * 1e9),
             pids_limit=cfg.pids,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
+            privileged=False,
+            ipc_mode="private",
+            oom_score_adj=500,  # Under host memory pressure a project goes before the daemon.
             read_only=read_only,
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={cfg.tmpfs_size}"} if read_only else None,
+            tmpfs=self._tmpfs(read_only, list(image_volumes)),
             restart_policy={"Name": "on-failure", "MaximumRetryCount": cfg.restart_max},
             log_config=LogConfig(type="json-file", config={"max-size": cfg.log_max_size, "max-file": "2"}),
             command=self.spec.command,
             entrypoint=self.spec.entrypoint,
             working_dir=self.spec.working_dir,
-            user=self.spec.user,
         )
         if cfg.oci_runtime:
             run["runtime"] = cfg.oci_runtime
+        run = {k: v for k, v in run.items() if v is not None}
         digest = hashlib.sha256(
-            json.dumps(
-                {"image": self.spec.image, "env": env, "cfg": msgspec.to_builtins(cfg),
-                 "cmd": self.spec.command, "ep": self.spec.entrypoint, "wd": self.spec.working_dir,
-                 "mounts": self.spec.mounts, "ro": read_only, "data": self.spec.data_dir,
-                 "user": self.spec.user},
-                sort_keys=True, default=str,
-            ).encode()
+            json.dumps({"image": self.spec.image, "port": self.port, "internal": self.internal, "run": run},
+                       sort_keys=True, default=str).encode()
         ).hexdigest()[:16]
-        return {k: v for k, v in run.items() if v is not None} | {"_digest": digest}
+        return run | {"_digest": digest}
 
     def start(self) -> "ContainerInstance":
         import docker
 
         c = client()
         check_oci_runtime(c, self.cfg)
-        ensure_network(c, self.did, self.spec.project)
+        ensure_network(c, self.did, self.spec.project, self.internal)
         if self.spec.data_dir is None:
             ensure_volume(c, self.did, self.spec.project)
-        run = self._run_config()
+        run = self._run_config(self._image_volumes(c))
         digest = run.pop("_digest")
         mine = labels(self.did, self.spec.project, self.spec.version,
                       **{LABEL_CONFIG: digest, LABEL_RUNTIME: self.spec.runtime})
@@ -695,19 +1029,23 @@ class ContainerInstance(Instance):
                 if self._adopt(ctr):
                     continue
             with contextlib.suppress(Exception):
-                ctr.remove(force=True)
+                ctr.remove(force=True, v=True)
         if self.adopted:
             log_line(self.spec.log_path, f"{self.label}: adopted running container {self.container_name}")
             return self
+        uid, _, gid = run["user"].partition(":")
+        if self.spec.data_dir is None:
+            _volume_owned_by(c, self.spec.image, volume_name(self.did, self.spec.project), int(uid), int(gid),
+                             labels(self.did, self.spec.project, self.spec.version))
+        elif os.geteuid() == 0:
+            _host_data_dir_owned_by(self.spec.data_dir, int(uid), int(gid))
         last: Exception | None = None
         for _ in range(5):
-            host_port = _free_port()
+            host_port = None if self.internal else _free_port()
             name = f"tee-{self.did}-{self.spec.project}-v{self.spec.version}-{_secrets.token_hex(3)}"
+            ports = None if host_port is None else {f"{self.port}/tcp": ("127.0.0.1", host_port)}
             try:
-                ctr = c.containers.create(
-                    self.spec.image, name=name, labels=mine, detach=True,
-                    ports={f"{self.port}/tcp": ("127.0.0.1", host_port)}, **run,
-                )
+                ctr = c.containers.create(self.spec.image, name=name, labels=mine, detach=True, ports=ports, **run)
             except docker.errors.ImageNotFound:
                 hint = (f"; set TEE_DAEMON_DOCKER_IMAGE_{self.spec.runtime.upper()} to an image it has"
                         if self.spec.runtime in DEFAULT_IMAGES else "")
@@ -715,36 +1053,131 @@ class ContainerInstance(Instance):
                                    f"pulled here: the operator pulls or imports it{hint})") from None
             except docker.errors.APIError as exc:
                 raise DeployFailed(f"{self.label}: the container could not be created: {_short(exc)}") from None
+            self._since = time.time() - 1
+            self.container_id = ctr.id  # The OOM watcher needs it before the first start.
+            self._start_watcher(self._since)
             try:
                 ctr.start()
             except docker.errors.APIError as exc:
                 last = exc
+                self._stop_watcher()
                 with contextlib.suppress(Exception):
-                    ctr.remove(force=True)
+                    ctr.remove(force=True, v=True)
                 if "already allocated" in str(exc) or "address already in use" in str(exc):
                     continue  # Lost a race for the port: pick another.
-                raise DeployFailed(f"{self.label}: the container did not start: {_short(exc)}") from None
+                raise DeployFailed(f"{self.label}: the container did not start: {str(exc)[:800]}") from None
             self.container_id, self.container_name, self.host_port = ctr.id, name, host_port
-            self._since = time.time() - 1
+            if host_port is not None:
+                self.address = ("127.0.0.1", host_port)
+            else:
+                ctr.reload()
+                self._note_address(ctr.attrs)
             self._start_follower()
             return self
         raise DeployFailed(f"{self.label}: no free loopback port for the container ({_short(last)})")
 
+    def _note_address(self, attrs: dict) -> None:
+        """The container's address on its internal network (it can change on a restart)."""
+        if not self.internal:
+            return
+        net = ((attrs.get("NetworkSettings") or {}).get("Networks") or {}).get(self.network) or {}
+        ip = net.get("IPAddress")
+        if ip:
+            self.address = (ip, int(self.port))
+
     def _adopt(self, ctr) -> bool:
-        bindings = (ctr.attrs.get("HostConfig", {}).get("PortBindings") or {}).get(f"{self.port}/tcp") or []
-        for b in bindings:
-            if b.get("HostIp") == "127.0.0.1" and b.get("HostPort"):
-                self.host_port = int(b["HostPort"])
-                self.container_id, self.container_name = ctr.id, ctr.name
-                self.adopted = True
-                self.restarts = ctr.attrs.get("RestartCount", 0)
-                try:
-                    self._since = self.spec.log_path.stat().st_mtime
-                except OSError:
-                    self._since = time.time()
-                self._start_follower()
-                return True
-        return False
+        if self.internal:
+            self._note_address(ctr.attrs)
+            if self.address is None:
+                return False
+        else:
+            bindings = (ctr.attrs.get("HostConfig", {}).get("PortBindings") or {}).get(f"{self.port}/tcp") or []
+            ports = [int(b["HostPort"]) for b in bindings if b.get("HostIp") == "127.0.0.1" and b.get("HostPort")]
+            if not ports:
+                return False
+            self.host_port = ports[0]
+            self.address = ("127.0.0.1", ports[0])
+        self.container_id, self.container_name = ctr.id, ctr.name
+        self.adopted = True
+        self.restarts = ctr.attrs.get("RestartCount", 0)
+        try:
+            self._since = self.spec.log_path.stat().st_mtime
+        except OSError:
+            self._since = time.time()
+        self._start_watcher(time.time())  # Kills before the adoption were logged by then.
+        self._start_follower()
+        return True
+
+    # -- out of memory ---------------------------------------------------------------
+
+    def _start_watcher(self, since: float) -> None:
+        self._watch_stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch_oom, args=(self.container_id, self._watch_stop, since),
+                                         daemon=True, name=f"oom-{self.spec.project}-v{self.spec.version}")
+        self._watcher.start()
+
+    def _stop_watcher(self) -> None:
+        stop = getattr(self, "_watch_stop", None)
+        if stop is not None:
+            stop.set()
+        events, self._events = self._events, None
+        if events is not None:
+            with contextlib.suppress(Exception):
+                events.close()
+
+    def _watch_oom(self, container_id: str, stop: threading.Event, since_ts: float) -> None:
+        """The engine's "oom" events of the container: each kill by the memory limit (of
+        the main process or any other) is a line in the project's log and counted in
+        `describe()`. A burst of events for one kill gives one line."""
+        since = int(since_ts) - 1
+        last_nano = int(since_ts * 1e9)
+        for _ in range(100_000):  # Reconnects after engine restarts, one a second at most.
+            if stop.is_set():
+                return
+            try:
+                api = new_client(timeout=None).api  # type: ignore[arg-type]
+                self._events = events = api.events(
+                    since=since, decode=True,
+                    filters={"container": [container_id], "event": ["oom", "destroy"]},
+                )
+                if stop.is_set():
+                    events.close()
+                    return
+                for event in events:
+                    nano = int(event.get("timeNano") or 0)
+                    if nano and nano <= last_nano:
+                        continue
+                    last_nano = max(last_nano, nano)
+                    since = int(event.get("time") or since)
+                    action = event.get("Action") or event.get("status")
+                    if action == "destroy":
+                        return
+                    if action == "oom":
+                        self._note_oom(nano / 1e9 if nano else time.time())
+            except Exception:
+                pass
+            if stop.wait(1.0):
+                return
+
+    def _note_oom(self, when: float) -> None:
+        if self.last_oom is not None and when - self.last_oom < 2.0:
+            self.last_oom = when
+            return  # The same kill (cgroup v1 reports one several times).
+        self.last_oom = when
+        self.oom_kills += 1
+        log_line(self.spec.log_path, f"{self.label}: out of memory: a process of the container was killed for "
+                 f"exceeding its memory limit of {self.memory_mib} MiB (TEE_DAEMON_PROJECT_MEMORY_MB)")
+
+    def _why(self, state: dict, code: int | None) -> str:
+        """" (killed for exceeding its memory limit ...)" when that is why it exited."""
+        oom = bool(state.get("OOMKilled"))
+        if not oom and code == 137:
+            deadline = time.monotonic() + 1.0  # The watcher may not have seen the event yet.
+            while not oom and time.monotonic() < deadline:
+                oom = self.last_oom is not None and time.time() - self.last_oom < 30
+                if not oom:
+                    time.sleep(0.05)
+        return f" (killed for exceeding its memory limit of {self.memory_mib} MiB)" if oom else ""
 
     # -- logs --------------------------------------------------------------------------
 
@@ -802,22 +1235,26 @@ class ContainerInstance(Instance):
             code = state.get("ExitCode")
             if code:
                 self.last_exit = code
+            self._note_address(attrs)
             key = (status, self.restarts)
             if key != last_state:
                 if status == "running" and self.restarts > previous:
                     self.state = "running" if self._ready else self.state
+                    if not code:  # Restarted already: the engine reset ExitCode.
+                        code = self._died_with()
                     log_line(self.spec.log_path, f"{self.label}: container exited"
-                             f"{f' with code {code}' if code else ''}; the engine restarted it "
-                             f"(restart {self.restarts} of at most {self.cfg.restart_max})")
+                             f"{f' with code {code}' if code else ''}{self._why(state, code)}; the engine "
+                             f"restarted it (restart {self.restarts} of at most {self.cfg.restart_max})")
                 elif status == "restarting" or (status == "exited" and self._engine_will_restart(attrs)):
                     self.state = "restarting"
-                    log_line(self.spec.log_path, f"{self.label}: container exited with code {code}; "
-                             f"the engine restarts it (restart {self.restarts + 1} of at most {self.cfg.restart_max})")
+                    log_line(self.spec.log_path, f"{self.label}: container exited with code {code}"
+                             f"{self._why(state, code)}; the engine restarts it (restart {self.restarts + 1} "
+                             f"of at most {self.cfg.restart_max})")
                 elif status in ("exited", "dead"):
                     self.state = "exited"
                     if not self._stopping:
                         log_line(self.spec.log_path, f"{self.label}: container exited with code {code}"
-                                 " and is not restarted any more")
+                                 f"{self._why(state, code)} and is not restarted any more")
                 elif status == "running":
                     self.state = "running" if self._ready else self.state
                 last_state = key
@@ -860,10 +1297,12 @@ class ContainerInstance(Instance):
             return None
 
     async def _answers(self) -> bool:
-        """An HTTP answer on the published port (the engine's proxy accepts connections
-        before the program listens, so a TCP connect alone proves nothing)."""
+        """An HTTP answer on the container's address (the engine's proxy accepts
+        connections before the program listens, so a TCP connect alone proves nothing)."""
+        if self.address is None:
+            return False
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.host_port), 2.0)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(*self.address), 2.0)
         except (OSError, asyncio.TimeoutError):
             return False
         try:
@@ -891,7 +1330,9 @@ class ContainerInstance(Instance):
                 code = state.get("ExitCode")
                 if not code:  # The engine restarted it already and reset ExitCode.
                     code = await asyncio.to_thread(self._died_with)
-                raise self._failure(f"exited with code {code} before serving on port {self.port}")
+                why = await asyncio.to_thread(self._why, state, code)
+                raise self._failure(f"exited with code {code}{why} before serving on port {self.port}")
+            self._note_address(attrs)
             if state.get("Running") and await self._answers():
                 break
             if time.monotonic() > deadline:
@@ -904,13 +1345,18 @@ class ContainerInstance(Instance):
         return self.state == "running"
 
     def describe(self) -> dict[str, Any]:
+        host, port = self.address or ("127.0.0.1", self.host_port)
         return {
             "container": self.container_name,
             "container_id": (self.container_id or "")[:12],
-            "address": f"127.0.0.1:{self.host_port}",
+            "address": f"{host}:{port}",
             "state": self.state,
             "restarts": self.restarts,
             "last_exit": self.last_exit,
+            "oom_kills": self.oom_kills,
+            "last_oom": (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_oom))
+                         if self.last_oom is not None else None),
+            "memory_limit_mib": self.memory_mib,
             "adopted": self.adopted,
             "sandbox": "container" + (f" ({self.cfg.oci_runtime})" if self.cfg.oci_runtime else ""),
         }
@@ -922,6 +1368,7 @@ class ContainerInstance(Instance):
         self._stopping = True
         self.state = "stopped"
         self._follow_stop.set()
+        self._stop_watcher()
         await asyncio.to_thread(self._remove_container)
 
     async def detach(self) -> None:
@@ -929,6 +1376,7 @@ class ContainerInstance(Instance):
         only the log follower stops (the adopter catches up from the engine's log)."""
         if self._ready and not self._stopping:
             self._follow_stop.set()
+            self._stop_watcher()
             return
         await self.stop()
 
@@ -940,7 +1388,7 @@ class ContainerInstance(Instance):
             ctr = c.containers.get(self.container_id)
             with contextlib.suppress(Exception):
                 ctr.stop(timeout=5)
-            ctr.remove(force=True)
+            ctr.remove(force=True, v=True)
         except Exception:
             pass
 
@@ -950,12 +1398,34 @@ def start_container(spec: ContainerSpec) -> ContainerInstance:
     return ContainerInstance(spec).start()
 
 
+class _Forward:
+    """The proxy to a container's address, following it when it changes (an internal
+    network's address after an engine restart)."""
+
+    __slots__ = ("instance", "proxy")
+
+    def __init__(self, instance: ContainerInstance) -> None:
+        from .proxy import proxy_to
+
+        self.instance = instance
+        self.proxy = proxy_to(instance.address)
+
+    async def __call__(self, scope, receive, send) -> None:
+        address = self.instance.address
+        if address is not None and tuple(self.proxy.upstream) != tuple(address):
+            from .proxy import proxy_to
+
+            old, self.proxy = self.proxy, proxy_to(address)
+            old.close()
+        await self.proxy(scope, receive, send)
+
+
 def forward_app(instance: ContainerInstance):
     """What a runtime's `runtime_forward` returns for a container: the proxy to its
-    loopback-published port."""
-    from .proxy import proxy_to
-
-    return proxy_to(("127.0.0.1", instance.host_port))
+    loopback-published port (or its address on an internal network)."""
+    if instance._forward is None:
+        instance._forward = _Forward(instance)
+    return instance._forward
 
 
 # -- --backend docker: a process runtime's plan run in a container ----------------------
@@ -984,13 +1454,25 @@ def runtime_image(runtime: str, environ=os.environ) -> str:
 
 def backend_facts() -> dict[str, Any]:
     """/_api/substrate's isolation facts for deno, bun, node and python under --backend docker."""
-    return {
+    facts = {
         "kind": "container",
         "images": {rt: runtime_image(rt) for rt in DEFAULT_IMAGES},
         "filesystem": "the image's root read-only (tmpfs /tmp); own tree, build folder and runtime "
         "binary bound read-only; own data dir bound read-write",
         **substrate(),
     }
+    container = facts.get("container")
+    if isinstance(container, dict):
+        container["build"] = "dependency installs run on the host, in the process sandbox (see limits)"
+        unenforced = container.setdefault("unenforced", {})
+        for key in ("build_pids", "build_identity"):
+            unenforced.pop(key, None)
+        unenforced["data_disk"] = ("the data dir bound from the host is not size-limited by the engine "
+                                   "(TEE_DAEMON_PROJECT_DISK_MB applies to /tmp only)")
+        if os.geteuid() != 0:
+            container["user"] = ("the daemon's own uid:gid (not root; a daemon that is not root cannot "
+                                 "give each project's data dir a uid of its own)")
+    return facts
 
 
 def _binds(paths, read_only: bool) -> list[dict]:
@@ -1017,9 +1499,12 @@ def process_spec(
     """A process runtime's plan (what it would hand `process.start_process`) as a container:
     the same argv, environment and working directory; the version's tree and build folder
     and the runtime folders in `read_only` bound read-only at their own paths, the data dir
-    read-write at its own path (DATA_DIR and HOME unchanged), run as the daemon's uid:gid.
+    read-write at its own path (DATA_DIR and HOME unchanged), run as the project's own
+    uid:gid (core's identity of it; see `container_identity`; a daemon that is not root,
+    and so cannot hand the data dir to another uid, runs it as its own non-root uid).
     The program listens on 0.0.0.0:$PORT inside its network namespace; the engine
-    publishes that port on the host's loopback only."""
+    publishes that port on the host's loopback only (egress deny: the daemon connects to
+    it on the project's internal network)."""
     from .process import base_env
 
     env = base_env(ctx.env, data_dir=ctx.data_dir, port=int(DEFAULT_PORT), path_dirs=list(path_dirs))
@@ -1031,20 +1516,28 @@ def process_spec(
         if bind["target"] not in seen:
             seen.add(bind["target"])
             mounts.append(bind)
+    projects_dir = projects_dir_of(ctx)
+    data_dir = str(Path(ctx.data_dir).absolute())
+    mounts += _passages(projects_dir.parent, [m["target"] for m in mounts] + [data_dir])
+    identity = getattr(ctx, "identity", None)
+    if identity is None and os.geteuid() != 0:
+        uid, gid = os.getuid(), os.getgid()  # Not root: cannot give the data dir away.
+    else:
+        uid, gid = container_identity(ctx.project, projects_dir, identity)
     return ContainerSpec(
         project=ctx.project,
         version=ctx.version,
         runtime=ctx.runtime,
         image=runtime_image(ctx.runtime),
-        projects_dir=Path(ctx.data_dir).parent.parent,
+        projects_dir=projects_dir,
         log_path=ctx.log_path,
         env=env,
         entrypoint=[str(argv[0])],
         command=[str(a) for a in argv[1:]],
         working_dir=str(cwd),
         mounts=mounts,
-        data_dir=str(Path(ctx.data_dir).absolute()),
-        user=f"{os.getuid()}:{os.getgid()}",
+        data_dir=data_dir,
+        user=f"{uid}:{gid}",
     )
 
 

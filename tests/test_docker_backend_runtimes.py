@@ -7,7 +7,6 @@ Nothing is pulled: TEE_DAEMON_DOCKER_IMAGE_* name the image imported locally.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -64,7 +63,9 @@ def test_runtime_serves_from_a_hardened_container(ddaemon: DaemonProcess, engine
     labels = ctr.labels
     assert labels[PROJECT_LABEL] == name and labels["tee-daemon.version"] == "1"
     assert labels["tee-daemon.runtime"] == runtime
-    assert ctr.attrs["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
+    uid, _, gid = ctr.attrs["Config"]["User"].partition(":")  # The project's own, never root.
+    assert int(uid) > 0 and int(gid) > 0
+    assert (Path(data_dir).stat().st_uid, Path(data_dir).stat().st_gid) == (int(uid), int(gid))
     assert list(ctr.attrs["NetworkSettings"]["Networks"]) == [f"tee-{labels['tee-daemon.daemon']}-{name}"]
     mounts = {m["Destination"]: m for m in ctr.attrs["Mounts"]}
     assert mounts[data_dir]["Type"] == "bind" and mounts[data_dir]["RW"] is True

@@ -1,7 +1,9 @@
 """The Dockerfile runtime: the project's `Dockerfile` built and run as a container.
 
 The container listens on `$PORT` (8080 unless the manifest's env sets PORT); the daemon
-reaches it on a loopback port the engine publishes and proxies `/<name>/...` to it.
+reaches it on a loopback port the engine publishes (or, with egress deny, at its address on
+the project's internal network) and proxies `/<name>/...` to it. It runs as the project's
+own unprivileged uid:gid, never as the image's USER, hardened as `docker_backend` says.
 Works whenever a Docker engine is reachable (DOCKER_HOST), whatever the default backend;
 without one a deploy answers a clear 4xx. Engine work lives in `tee_daemon.docker_backend`.
 """
@@ -14,7 +16,6 @@ from pathlib import Path
 from tee_daemon import docker_backend as db
 from tee_daemon.errors import DeployFailed
 from tee_daemon.hookspecs import hookimpl
-from tee_daemon.proxy import proxy_to
 from tee_daemon.runtime import BuildContext, Detection, Instance, RuntimeInfo, StartContext
 
 NAME = "dockerfile"
@@ -43,12 +44,14 @@ def runtime_detect(tree: Path) -> Detection | None:
 
 def _build(ctx: BuildContext | StartContext, log_path: Path | None) -> dict:
     cfg = db.config()
-    projects_dir = ctx.build_dir.parents[3]
+    projects_dir = db.projects_dir_of(ctx)
     did = db.daemon_id(projects_dir)
     dockerfile = ctx.entry or "Dockerfile"
     if not (ctx.tree / dockerfile).is_file():
         raise DeployFailed(f"{dockerfile!r} is not in the project")
     tag = db.image_tag(did, ctx.project, ctx.version)
+    internal = cfg.egress == "deny"
+    db.ensure_network(db.client(), did, ctx.project, internal)  # Builds run on the project's own network.
     image_id = db.build_image(
         tree=ctx.tree,
         dockerfile=dockerfile,
@@ -56,6 +59,7 @@ def _build(ctx: BuildContext | StartContext, log_path: Path | None) -> dict:
         image_labels=db.labels(did, ctx.project, ctx.version, **{db.LABEL_RUNTIME: NAME}),
         log_path=log_path,
         cfg=cfg,
+        network=db.network_name(did, ctx.project, internal),
     )
     record = {"image": image_id, "tag": tag}
     (ctx.build_dir / IMAGE_FILE).write_text(json.dumps(record) + "\n")
@@ -65,7 +69,7 @@ def _build(ctx: BuildContext | StartContext, log_path: Path | None) -> dict:
 @hookimpl
 def runtime_build(runtime: str, ctx: BuildContext) -> bool:
     db.client()  # No engine: a clear 4xx before anything else.
-    db.note_projects_dir(ctx.build_dir.parents[3])
+    db.note_projects_dir(db.projects_dir_of(ctx))
     _build(ctx, ctx.log_path)
     return True
 
@@ -73,7 +77,7 @@ def runtime_build(runtime: str, ctx: BuildContext) -> bool:
 @hookimpl
 def runtime_start(runtime: str, ctx: StartContext) -> Instance:
     client = db.client()
-    projects_dir = ctx.data_dir.parent.parent
+    projects_dir = db.projects_dir_of(ctx)
     db.note_projects_dir(projects_dir)
     image = None
     try:
@@ -83,6 +87,7 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
         # Built on another engine, or the engine lost it: build again from the kept tree.
         build_log = ctx.log_path.with_name("build.log")
         image = _build(ctx, build_log)["image"]
+    uid, gid = db.container_identity(ctx.project, projects_dir, getattr(ctx, "identity", None))
     spec = db.ContainerSpec(
         project=ctx.project,
         version=ctx.version,
@@ -91,13 +96,14 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
         projects_dir=projects_dir,
         log_path=ctx.log_path,
         env=dict(ctx.env),
+        user=f"{uid}:{gid}",
     )
     return db.start_container(spec)
 
 
 @hookimpl
 def runtime_forward(runtime: str, instance: db.ContainerInstance):
-    return proxy_to(("127.0.0.1", instance.host_port))
+    return db.forward_app(instance)
 
 
 @hookimpl
