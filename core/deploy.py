@@ -332,8 +332,8 @@ class Deployer:
         finally:  # Also when cut short by a shutdown.
             await self._stop(route)
         project = self.projects.get(name)
-        if project is not None:
-            self.store.prune_versions(project)
+        if project is not None:  # The next deploy may be building already: keep its folder.
+            self.store.prune_versions(project, deploying=True)
 
     async def _start_and_switch(self, name: str, version: Version) -> None:
         self.ingress.routes[name] = await self._start(name, version)

@@ -128,11 +128,20 @@ class Store:
         self.before_removing(folder)
         shutil.rmtree(folder, ignore_errors=True)
 
-    def prune_versions(self, project: Project) -> None:
-        """Remove version folders the record no longer names (old or never committed)."""
+    def prune_versions(self, project: Project, *, deploying: bool = False) -> None:
+        """Remove version folders the record no longer names (old or never committed).
+
+        `deploying`: a deploy of the project may be building its next version right now
+        (after a switch, while the old version drains): folders newer than every kept
+        version are left alone then.
+        """
         kept = {str(v.version) for v in project.versions}
+        newest = max(v.version for v in project.versions)
         versions = self.project_dir(project.name) / "versions"
         if versions.is_dir():
             for folder in versions.iterdir():
-                if folder.name not in kept:
-                    shutil.rmtree(folder, ignore_errors=True)
+                if folder.name in kept:
+                    continue
+                if deploying and folder.name.isdigit() and int(folder.name) > newest:
+                    continue
+                shutil.rmtree(folder, ignore_errors=True)

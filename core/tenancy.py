@@ -123,8 +123,11 @@ class Tenancy:
         self.identities.forget(project)
 
     def facts(self) -> dict[str, Any]:
-        """Appended to the isolation facts of /_api/substrate."""
+        """Appended to the isolation facts of /_api/substrate (process projects only:
+        containers report the engine's equivalents themselves)."""
         s = self.settings
+        if s.backend == "docker":
+            return {}
         facts: dict[str, Any] = {
             "limits": {
                 "memory_mb": s.project_memory_mb,
