@@ -383,7 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--density", action="store_true", help="also deploy 100 Deno projects (slow)")
     parser.add_argument("--density-count", type=int, default=100)
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
+    parser.add_argument(
+        "--only-connections", action="store_true", help="only the connection rows (silent connections, slow readers)"
+    )
+    parser.add_argument("--no-connections", action="store_true", help="skip the connection rows")
     args = parser.parse_args(argv)
+    if args.only_connections:
+        return run_connections(args)
 
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
@@ -685,5 +691,28 @@ def print_table(rows, args, cold, density, notes, rss_total, elapsed, idle_cold=
     print(f"(bench took {elapsed:.0f}s)")
 
 
+def run_connections(args) -> int:
+    """The front-door rows (bench/connections.py): silent connections and slow readers."""
+    import connections
+
+    workdir = Path(tempfile.mkdtemp(prefix="tee-bench-conn-"))
+    started = time.monotonic()
+    try:
+        connections.print_rows(connections.run(Daemon, workdir))
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"(connection rows took {time.monotonic() - started:.0f}s)")
+    return 0
+
+
+def main_and_connections(argv: list[str] | None = None) -> int:
+    code = main(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if code == 0 and "--only-connections" not in args and "--no-connections" not in args and "-h" not in args:
+        code = run_connections(argparse.Namespace(keep="--keep" in args))
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_and_connections())

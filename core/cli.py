@@ -11,8 +11,8 @@ from .settings import load_settings
 
 
 def serve(args: argparse.Namespace) -> int:
-    from granian import Granian
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
 
     from .auth import load_or_create_token
 
@@ -41,12 +41,25 @@ def serve(args: argparse.Namespace) -> int:
         TEE_DAEMON_DATA_DIR=str(settings.data_dir),
         TEE_DAEMON_BACKEND=settings.backend,
         TEE_DAEMON_ALLOW_INSECURE_SOURCES="1" if settings.allow_insecure_sources else "0",
+        TEE_DAEMON_HEADER_TIMEOUT=str(settings.header_timeout),
     )
+    from . import connguard
+
+    # SPEC 10: the daemon's own socket (no port sharing), enough descriptors and
+    # connection slots that thousands of idle connections do not keep clients out, and a
+    # header timeout (hyper's timer, plus the guard for connections that never send).
+    try:
+        listener = connguard.bind_listener(settings.host, settings.port)
+    except connguard.PortInUse as exc:
+        print(exc, file=sys.stderr)
+        return 1
     where = f"in {token_path}" if token_path else "from TEE_DAEMON_TOKEN"
     print(f"tee-daemon {__version__} on {settings.public_base}/ (data: {settings.data_dir})", file=sys.stderr)
     print(f"admin token: {where}", file=sys.stderr)
-    Granian(
-        "tee_daemon.app:create_app",
+    nofile = connguard.raise_nofile()
+    keepalive = connguard.keepalive_timeout(settings.header_timeout)
+    server = connguard.server_class()(
+        "tee_daemon.connguard:create_app",
         factory=True,
         address=settings.host,
         port=settings.port,
@@ -54,7 +67,14 @@ def serve(args: argparse.Namespace) -> int:
         workers=1,
         log_access=False,
         websockets=True,
-    ).serve()
+        backlog=connguard.LISTEN_BACKLOG,
+        backpressure=connguard.connection_limit(nofile),
+        http1_settings=HTTP1Settings(
+            header_read_timeout=max(1, int(keepalive * 1000)), keep_alive=True, max_buffer_size=connguard.SERVER_BUFFER
+        ),
+    )
+    server.listener = listener
+    server.serve()
     return 0
 
 

@@ -41,7 +41,10 @@ Upstream = str | tuple[str, int]
 # idle keep-alive sockets after 5 s, and reusing one as it closes loses the request.
 IDLE_TTL = 4.0
 MAX_IDLE = 128  # per upstream
-HIGH_WATER = 256 * 1024  # pause reading from the upstream above this many buffered bytes
+HIGH_WATER = 64 * 1024  # pause reading from the upstream above this many buffered bytes
+# Largest body piece handed to the server at once: with a client that does not read, the
+# server holds a few of them, so their size bounds what a slow reader costs (SPEC 10).
+SEND_MAX = 64 * 1024
 MAX_HEAD = 64 * 1024  # response status line + headers
 HEAD_TIMEOUT = 300.0  # for the upstream's response head (then 504)
 CONNECT_TIMEOUT = 10.0
@@ -220,8 +223,10 @@ class _Conn(asyncio.Protocol):
         return bool(self.buf) or not self.eof
 
     def take(self, n: int = -1) -> bytes:
+        if n < 0 or n > SEND_MAX:
+            n = SEND_MAX
         buf = self.buf
-        if n < 0 or n >= len(buf):
+        if n >= len(buf):
             self.buf = b""
             if self.paused:
                 self.paused = False

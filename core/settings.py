@@ -59,6 +59,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Addresses of proxies in front of the daemon (a TLS gateway) to take
     # X-Forwarded-Proto/-Host from; comma-separated in the environment.
     trusted_proxies: frozenset[str] = frozenset()
+    # Seconds a connection has to send a complete request head (SPEC section 10).
+    header_timeout: float = 10.0
     token: str | None = msgspec.field(default=None)
 
     @property
@@ -91,6 +93,7 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "TEE_DAEMON_ALLOW_LIFECYCLE_SCRIPTS": ("allow_lifecycle_scripts", bool),
     "TEE_DAEMON_TOKEN": ("token", str),
     "TEE_DAEMON_TRUSTED_PROXIES": ("trusted_proxies", frozenset),
+    "TEE_DAEMON_HEADER_TIMEOUT": ("header_timeout", float),
 }
 
 
@@ -128,4 +131,6 @@ def load_settings(overrides: dict[str, object] | None = None, environ=os.environ
             raise SystemExit(f"tee-daemon: TEE_DAEMON_{field.upper()} must be at least {least}")
     if float(values.get("project_cpus", 1.0)) <= 0:  # type: ignore[arg-type]
         raise SystemExit("tee-daemon: TEE_DAEMON_PROJECT_CPUS must be more than 0")
+    if float(values.get("header_timeout", 10.0)) <= 0:  # type: ignore[arg-type]
+        raise SystemExit("tee-daemon: TEE_DAEMON_HEADER_TIMEOUT must be more than 0")
     return Settings(**values)  # type: ignore[arg-type]
