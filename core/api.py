@@ -49,7 +49,9 @@ ADMIN: dict[str, Any] = {"guards": [admin_guard], "security": [{"bearer": []}]}
 
 
 def project_url(request: Request, name: str) -> str:
-    return f"{str(request.base_url).rstrip('/')}/{name}/"
+    """From TEE_DAEMON_PUBLIC_URL (else the listen address) and the base domain, never
+    from the request's Host (SPEC section 10)."""
+    return daemon_of(request).ingress.origins.project_url(name)  # type: ignore[union-attr]
 
 
 def visible_project(request: Request, name: str) -> Project:
@@ -61,7 +63,11 @@ def visible_project(request: Request, name: str) -> Project:
 
 
 def describe(request: Request, project: Project) -> dict[str, Any]:
-    return {**project.public_manifest(), "url": project_url(request, project.name)}
+    answer = {**project.public_manifest(), "url": project_url(request, project.name)}
+    if project.mode == "attested":
+        origins = daemon_of(request).ingress.origins  # type: ignore[union-attr]
+        answer["verification_url"] = origins.daemon_url(f"/_api/verification/{project.name}")
+    return answer
 
 
 def listing(request: Request, admin: bool) -> dict[str, Any]:

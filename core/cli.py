@@ -23,6 +23,7 @@ def serve(args: argparse.Namespace) -> int:
             "data_dir": args.data_dir,
             "backend": args.backend,
             "allow_insecure_sources": True if args.allow_insecure_sources else None,
+            "base_domain": args.base_domain,
         }
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -43,6 +44,8 @@ def serve(args: argparse.Namespace) -> int:
         TEE_DAEMON_ALLOW_INSECURE_SOURCES="1" if settings.allow_insecure_sources else "0",
         TEE_DAEMON_HEADER_TIMEOUT=str(settings.header_timeout),
     )
+    if settings.base_domain:  # per-project origins (SPEC section 10)
+        os.environ["TEE_DAEMON_BASE_DOMAIN"] = settings.base_domain
     from . import connguard
 
     # SPEC 10: the daemon's own socket (no port sharing), enough descriptors and
@@ -101,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="state folder (default: the user data dir)")
     p.add_argument("--backend", choices=["process", "docker"], help="where projects run (default process)")
     p.add_argument("--allow-insecure-sources", action="store_true", help="also allow http:// and file:// git sources")
+    p.add_argument("--base-domain", metavar="D", help="serve each project at its own origin <name>.D")
     p.set_defaults(func=serve)
 
     from . import client

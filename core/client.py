@@ -486,7 +486,10 @@ def _summary(verb: str, p: dict) -> None:
     )
     if p.get("url"):
         out.print(f"  app:    {_escape(p['url'])}")
-    if p.get("mode") == "attested" and p.get("url"):
+    if p.get("mode") == "attested" and p.get("verification_url"):
+        verification = _escape(p["verification_url"])
+        out.print(f"  verify: {verification}")
+    elif p.get("mode") == "attested" and p.get("url"):  # a daemon from before verification_url
         base = p["url"].rstrip("/").rsplit("/", 1)[0]
         out.print(f"  verify: {_escape(base)}/_api/verification/{name}")
 

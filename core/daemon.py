@@ -50,7 +50,11 @@ class Daemon:
             egress=self.settings.project_egress == "allow",
         )
         self.tenancy.start()
-        self.ingress = Ingress(api, access_log=AccessLog(self.settings.data_dir / "logs" / "access.log"))
+        from .origins import Origins
+
+        self.ingress = Ingress(
+            api, access_log=AccessLog(self.settings.data_dir / "logs" / "access.log"), origins=Origins(self.settings)
+        )
         self.deployer = Deployer(self.settings, self.store, self.registry, self.ingress, tenancy=self.tenancy)
         return self.ingress
 

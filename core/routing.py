@@ -1,8 +1,11 @@
 """The front door: every request is either the core API or a project's traffic.
 
 `/` and `/_api/...` go to the Litestar app; `/<name>/...` goes, with the prefix
-stripped, to the ASGI callable of the project's live instance. This is the hot path,
-so it does a dict lookup and a scope copy and nothing else.
+stripped, to the ASGI callable of the project's live instance. With a base domain `D`,
+a request for the host `<name>.D` goes whole to that project, and `/<name>/...` on the
+daemon's host answers 308 there. A request for a host that is not the daemon's gets
+421 (core/origins.py). This is the hot path, so it does a header scan, a cached host
+lookup, a dict lookup and a scope copy and nothing else.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 
 from .accesslog import AccessLog
 from .metrics import Metrics
+from .origins import DAEMON, OTHER, PROJECT, Origins
 from .runtime import ASGIApp, Instance, Receive, Scope, Send
 
 
@@ -45,8 +49,13 @@ class Route:
 
 
 class Ingress:
-    def __init__(self, api: ASGIApp, access_log: AccessLog | None = None) -> None:
+    def __init__(self, api: ASGIApp, access_log: AccessLog | None = None, origins: Origins | None = None) -> None:
         self.api = api
+        if origins is None:
+            from .settings import Settings
+
+            origins = Origins(Settings())
+        self.origins = origins
         self.routes: dict[str, Route] = {}
         self.metrics = Metrics()
         self.metrics.access_log = access_log  # one line per project request
@@ -60,6 +69,19 @@ class Ingress:
         if scope["type"] == "lifespan":
             await self.api(scope, receive, send)
             return
+        origins = self.origins
+        raw_host = origins.request_host(scope)
+        kind, host_project = origins.classify(raw_host)
+        if kind != DAEMON:
+            if kind == PROJECT:
+                await self._serve_host(host_project, scope, receive, send)  # type: ignore[arg-type]
+                return
+            if kind == OTHER:
+                self.metrics.unrouted += 1
+                await _json_error(send, scope, 404, f"no project at the host {raw_host.decode('latin-1')!r}")  # type: ignore[union-attr]
+                return
+            await _json_error(send, scope, 421, origins.refusal(raw_host))
+            return
         path: str = scope["path"]
         if path == "/" or path.startswith("/_api/") or path == "/_api":
             await self.api(scope, receive, send)
@@ -69,6 +91,15 @@ class Ingress:
         if route is None:
             self.metrics.unrouted += 1
             await _json_error(send, scope, 404, f"no project named {name!r}")
+            return
+        if origins.base_domain:
+            # No project content on the daemon's origin: send the client to the project's.
+            if scope["type"] != "http":
+                await _json_error(send, scope, 404, "")
+                return
+            target = origins.project_url(name) + _raw_rest(scope, name, rest)
+            query = scope.get("query_string") or b""
+            await _redirect(send, target + ("?" + query.decode("latin-1") if query else ""))
             return
         if not slash and scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             # `/<name>` → `/<name>/`, so relative links in the project resolve inside it.
@@ -89,6 +120,32 @@ class Ingress:
             await self.metrics.serve(route.app, name, child, receive, send)
         finally:
             route.done()
+
+    async def _serve_host(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request for `<name>.D`: the whole path is the project's, `/_api/...` too."""
+        route = self.routes.get(name)
+        if route is None:
+            self.metrics.unrouted += 1
+            await _json_error(send, scope, 404, f"no project named {name!r}")
+            return
+        route.active += 1
+        try:
+            await self.metrics.serve(route.app, name, scope, receive, send)
+        finally:
+            route.done()
+
+
+def _raw_rest(scope: Scope, name: str, rest: str) -> str:
+    """The path after `/<name>/`, as the client encoded it where possible."""
+    raw = scope.get("raw_path")
+    if raw:
+        raw = raw.split(b"?", 1)[0]
+        raw_name, _, raw_rest = raw[1:].partition(b"/")
+        if raw_name == name.encode():
+            return raw_rest.decode("latin-1")
+    from urllib.parse import quote
+
+    return quote(rest)
 
 
 async def _redirect(send: Send, location: str) -> None:

@@ -6,6 +6,7 @@ Every setting has a `TEE_DAEMON_*` environment equivalent (SPEC section 2).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import msgspec
@@ -61,6 +62,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     trusted_proxies: frozenset[str] = frozenset()
     # Seconds a connection has to send a complete request head (SPEC section 10).
     header_timeout: float = 10.0
+    # Origins (SPEC section 10): where clients reach the daemon (URLs in answers are built
+    # from it), the domain whose subdomains are the projects' own origins, and more names
+    # the daemon answers for (others get 421).
+    public_url: str | None = None
+    base_domain: str | None = None
+    allowed_hosts: frozenset[str] = frozenset()
     token: str | None = msgspec.field(default=None)
 
     @property
@@ -94,6 +101,9 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "TEE_DAEMON_TOKEN": ("token", str),
     "TEE_DAEMON_TRUSTED_PROXIES": ("trusted_proxies", frozenset),
     "TEE_DAEMON_HEADER_TIMEOUT": ("header_timeout", float),
+    "TEE_DAEMON_PUBLIC_URL": ("public_url", str),
+    "TEE_DAEMON_BASE_DOMAIN": ("base_domain", str),
+    "TEE_DAEMON_ALLOWED_HOSTS": ("allowed_hosts", frozenset),
 }
 
 
@@ -131,6 +141,43 @@ def load_settings(overrides: dict[str, object] | None = None, environ=os.environ
             raise SystemExit(f"tee-daemon: TEE_DAEMON_{field.upper()} must be at least {least}")
     if float(values.get("project_cpus", 1.0)) <= 0:  # type: ignore[arg-type]
         raise SystemExit("tee-daemon: TEE_DAEMON_PROJECT_CPUS must be more than 0")
+    _check_origins(values)
     if float(values.get("header_timeout", 10.0)) <= 0:  # type: ignore[arg-type]
         raise SystemExit("tee-daemon: TEE_DAEMON_HEADER_TIMEOUT must be more than 0")
     return Settings(**values)  # type: ignore[arg-type]
+
+
+_DOMAIN_RE = re.compile(r"^(?=.{1,200}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def _check_origins(values: dict[str, object]) -> None:
+    """TEE_DAEMON_PUBLIC_URL is `http(s)://host[:port]` (no path); the base domain a DNS name."""
+    from urllib.parse import urlsplit
+
+    public = values.get("public_url")
+    if public:
+        text = str(public).strip().rstrip("/")
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018  (raises on a bad port)
+        except ValueError as exc:
+            raise SystemExit(f"tee-daemon: TEE_DAEMON_PUBLIC_URL is not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or parts.fragment:
+            raise SystemExit(
+                "tee-daemon: TEE_DAEMON_PUBLIC_URL must be http(s)://host[:port] without a path, "
+                f"not {str(public)!r}"
+            )
+        if parts.username or parts.password:
+            raise SystemExit("tee-daemon: TEE_DAEMON_PUBLIC_URL must not hold credentials")
+        values["public_url"] = f"{parts.scheme}://{parts.netloc.lower()}"
+    domain = values.get("base_domain")
+    if domain:
+        text = str(domain).strip().lower().rstrip(".")
+        if text.startswith("*."):
+            text = text[2:]
+        text = text.lstrip(".")
+        if not _DOMAIN_RE.fullmatch(text):
+            raise SystemExit(f"tee-daemon: --base-domain / TEE_DAEMON_BASE_DOMAIN is not a DNS name: {str(domain)!r}")
+        values["base_domain"] = text
+    elif "base_domain" in values:
+        values["base_domain"] = None

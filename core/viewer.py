@@ -232,9 +232,10 @@ def _card(p: dict[str, Any]) -> str:
         f'<a class="button" href="{e(link)}" rel="noopener noreferrer">Source at {e(commit[:7])}</a>' if link else ""
     )
     verify_href = f"/_api/verification/{e(name)}"
+    app_href = e(p.get("href") or f"/{name}/")
     return f"""<li class="card" data-project="{e(name)}">
   <div class="card-head">
-    <h2><a href="/{e(name)}/">{e(name)}</a></h2>
+    <h2><a href="{app_href}">{e(name)}</a></h2>
     <div class="badges"><span class="badge attested">attested</span><span class="badge">{e(p.get("runtime"))}</span><span class="badge">v{e(p.get("version"))}</span></div>
   </div>
   <dl class="facts">
@@ -247,7 +248,7 @@ def _card(p: dict[str, Any]) -> str:
     <dt>Secrets</dt><dd>{secrets_html}</dd>
   </dl>
   <div class="actions">
-    <a class="button primary" href="/{e(name)}/">Open app</a>
+    <a class="button primary" href="{app_href}">Open app</a>
     <a class="button" href="{verify_href}">Verify</a>
     {source_button}
   </div>
@@ -258,7 +259,8 @@ def viewer_page(daemon) -> str:
     projects = sorted(
         (p for p in daemon.deployer.projects.values() if p.mode == "attested"), key=lambda p: p.name
     )
-    manifests = [p.public_manifest() for p in projects]
+    origins = daemon.ingress.origins  # the project's own origin with a base domain
+    manifests = [{**p.public_manifest(), "href": origins.project_href(p.name)} for p in projects]
     if manifests:
         count = f"{len(manifests)} attested project{'s' if len(manifests) != 1 else ''}"
         listing = f'<ul class="projects" aria-label="Attested projects">{"".join(_card(m) for m in manifests)}</ul>'

@@ -305,7 +305,7 @@ def test_websocket_to_unreachable_upstream_is_refused(stack: Stack) -> None:
     s = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
     try:
         s.sendall(
-            b"GET /down/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"GET /down/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
         head = s.recv(4096)

@@ -85,7 +85,7 @@ def raw_project(daemon, name):
 
 def _raw_get(daemon, path: str) -> bytes:
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
         out = b""
         while chunk := s.recv(65536):
             out += chunk
@@ -122,7 +122,7 @@ def test_conflicting_content_lengths_never_desync_the_client(daemon, raw_project
 def _ws_handshake(daemon, path: str) -> bytes:
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as s:
         s.sendall(
-            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
             "Sec-WebSocket-Protocol: chat\r\n\r\n".encode()
         )
@@ -165,7 +165,7 @@ def test_endless_websocket_fragments_from_a_project_are_bounded(daemon, raw_proj
     peak = before
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=60) as s:
         s.sendall(
-            f"GET /{raw_project}/ws-endless HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"GET /{raw_project}/ws-endless HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
         )
         deadline = time.monotonic() + 120
