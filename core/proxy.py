@@ -31,6 +31,7 @@ import struct
 import time
 from typing import Any
 
+from .errors import error_answer
 from .runtime import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger("tee_daemon.proxy")
@@ -81,7 +82,12 @@ _DROP_WS_REQUEST = _DROP_REQUEST | {
     b"sec-websocket-extensions",
     b"sec-websocket-accept",
 }
-_DROP_WS_RESPONSE = _HOP_BY_HOP | {
+# Response headers a project may not send, because under path routing every project
+# shares the daemon's origin: `Service-Worker-Allowed` would let a service worker of
+# `/<name>/` control `/` and every other project (and replace the daemon's own pages);
+# `Clear-Site-Data` would wipe the cookies and storage of the whole origin.
+_DROP_RESPONSE = frozenset({b"service-worker-allowed", b"clear-site-data"})
+_DROP_WS_RESPONSE = _HOP_BY_HOP | _DROP_RESPONSE | {
     b"sec-websocket-accept",
     b"sec-websocket-protocol",
     b"sec-websocket-extensions",
@@ -314,16 +320,25 @@ class _Pool:
 # -- answers of the proxy itself ------------------------------------------------------
 
 
-async def _json(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"status_code": status, "detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+async def _json(send: Send, status: int, detail: str, scope: Scope | None = None) -> None:
+    """The proxy's own refusal: JSON, or a small HTML page for a browser's navigation."""
+    if scope is not None:
+        headers, body = error_answer(scope, status, detail)
+    else:
+        body = json.dumps({"status_code": status, "detail": detail}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+BAD_BODY = "the request body is malformed or was cut short (bad chunk size or fewer bytes than announced)"
+
+
+async def _bad_body(send: Send, scope: Scope) -> None:
+    try:
+        await _json(send, 400, BAD_BODY, scope)
+    except Exception:  # the client is really gone
+        pass
 
 
 # -- request head ---------------------------------------------------------------------
@@ -457,6 +472,8 @@ def _parse_head(head: bytes) -> tuple[int, list[tuple[bytes, bytes]], int | None
                     raise _UpstreamError("conflicting content-length headers")
                 continue
             length = int(value)
+        elif name in _DROP_RESPONSE:
+            continue
         headers.append((name, value))
     if drop_extra:
         headers = [h for h in headers if h[0] not in drop_extra]
@@ -515,19 +532,22 @@ class Proxy:
             try:
                 declared = int(length)
             except ValueError:
-                await _json(send, 400, "invalid content-length")
+                await _json(send, 400, "invalid content-length", scope)
                 return
             if declared > max_body:
-                await _json(send, 413, f"request body larger than {max_body} bytes")
+                await _json(send, 413, f"request body larger than {max_body} bytes", scope)
                 return
         if length is not None or chunked:
             message = await receive()
             if message["type"] == "http.disconnect":
+                # granian reports a malformed body (a bad chunk size) or one cut short as
+                # a disconnect: answer 400 (harmless if the client is really gone).
+                await _bad_body(send, scope)
                 return
             first = message.get("body", b"")
             streaming = message.get("more_body", False)
             if len(first) > max_body:
-                await _json(send, 413, f"request body larger than {max_body} bytes")
+                await _json(send, 413, f"request body larger than {max_body} bytes", scope)
                 return
             if not streaming:
                 lines.append(b"content-length: %d\r\n" % len(first))
@@ -550,7 +570,7 @@ class Proxy:
                     conn = await pool.connect()
                 except (OSError, asyncio.TimeoutError) as exc:
                     log.debug("upstream %s unreachable: %s", self.upstream, exc)
-                    await _json(send, 502, "the project is not reachable (its process is down or starting)")
+                    await _json(send, 502, "the project is not reachable (its process is down or starting)", scope)
                     return
             conn.started = False
             state = None
@@ -571,18 +591,20 @@ class Proxy:
                 conn.close()
                 if state is not None and state.too_large:
                     if not conn.started:
-                        await _json(send, 413, f"request body larger than {max_body} bytes")
+                        await _json(send, 413, f"request body larger than {max_body} bytes", scope)
                     return
                 if state is not None and state.client_gone:
+                    if not conn.started:
+                        await _bad_body(send, scope)
                     return
                 if conn.reused and not conn.started and not streaming and attempt == 1 and not conn.timed_out:
                     continue  # a pooled connection closed under us: once more, fresh
                 if not conn.started:
                     if conn.timed_out:
-                        await _json(send, 504, "the project did not answer in time")
+                        await _json(send, 504, "the project did not answer in time", scope)
                         return
                     log.warning("upstream %s failed: %s", self.upstream, exc)
-                    await _json(send, 502, "the project closed the connection without a valid answer")
+                    await _json(send, 502, "the project closed the connection without a valid answer", scope)
                     return
                 raise
             except _ClientGone:

@@ -32,6 +32,11 @@ from .errors import SourceError
 __all__ = ["extract_tarball", "check_link_target", "check_links_stay_inside"]
 
 _CHUNK = 1 << 16
+# The longest member path accepted, in bytes. Linux refuses paths over PATH_MAX (4096)
+# whole, and the tree is used under the data dir's own prefix (a version folder, the
+# sandbox's mount point), so a tree with longer paths could be unpacked through
+# descriptors but never hashed, copied or served.
+MAX_PATH_BYTES = 2048
 _BLOCK = 512
 _MAX_META = 1 << 16  # one pax or GNU long-name header; real ones are a few hundred bytes
 _STREAM_OVERHEAD = 16 << 10  # allowance per member for headers and padding in the stream
@@ -155,6 +160,11 @@ def _parts(name: str) -> list[str]:
         raise SourceError(f"tarball member {name!r} escapes the project folder")
     if "\0" in name:
         raise SourceError(f"tarball member {name!r} has a NUL byte in its name")
+    size = len("/".join(parts).encode("utf-8", "surrogateescape"))
+    if size > MAX_PATH_BYTES:
+        raise SourceError(
+            f"tarball member {name[:60]!r}... has a path of {size} bytes; at most {MAX_PATH_BYTES} are allowed"
+        )
     return parts
 
 

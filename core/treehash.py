@@ -17,6 +17,7 @@ limit) and each file is read once, in chunks, feeding both hashes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -52,7 +53,24 @@ class _Frame:
 
 
 def tree_ids(root: Path) -> TreeIds:
-    """The git tree ids (SHA-1 and SHA-256) of the files under `root`."""
+    """The git tree ids (SHA-1 and SHA-256) of the files under `root`.
+
+    A path too long for the system (a git checkout nesting long names past PATH_MAX)
+    is the source's fault: a `SourceError` (400) that says so, not an internal error."""
+    try:
+        return _tree_ids(root)
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        from .errors import SourceError
+
+        raise SourceError(
+            "the source has a path too long for the file system (over 4096 bytes with the "
+            "daemon's folder); shorten its nested folder names"
+        ) from None
+
+
+def _tree_ids(root: Path) -> TreeIds:
     top = _Frame(os.fsencode(root), b"", _listdir(os.fsencode(root)))
     stack = [top]
     while True:

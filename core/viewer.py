@@ -25,9 +25,18 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+# The daemon's pages share their origin with the projects under path routing: no project
+# page may frame them (frame-ancestors, X-Frame-Options) or keep a handle on a window it
+# opened to them (Cross-Origin-Opener-Policy puts them in a browsing context group of
+# their own, so `window.open` from a project page gets a closed window back).
+FRAMING_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+}
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
+    **FRAMING_HEADERS,
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
     "Vary": "Accept",
@@ -64,7 +73,7 @@ def asset(file: str) -> Response:
     suffix = "." + file.rsplit(".", 1)[1]
     return Response(
         found[0],
-        media_type=_TYPES[suffix] + ("; charset=utf-8" if suffix != ".svg" else ""),
+        media_type=_TYPES[suffix],  # Litestar adds "; charset=utf-8" to text/* itself
         headers={
             "Cache-Control": "public, max-age=31536000, immutable",
             "X-Content-Type-Options": "nosniff",
@@ -76,8 +85,11 @@ def asset(file: str) -> Response:
 ROUTES = [asset]
 
 
-def html_response(body: str, status_code: int = 200) -> Response:
-    return Response(body, media_type="text/html; charset=utf-8", status_code=status_code, headers=SECURITY_HEADERS)
+def html_response(body: str, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    # media_type without a charset: Litestar appends "; charset=utf-8" to text/* itself.
+    return Response(
+        body, media_type="text/html", status_code=status_code, headers={**SECURITY_HEADERS, **(headers or {})}
+    )
 
 
 def wants_html(request: Request) -> bool:
@@ -190,6 +202,17 @@ def _time(iso: str | None) -> str:
     except ValueError:
         shown = iso
     return f'<time datetime="{e(iso)}">{e(shown)}</time>'
+
+
+# -- error pages -----------------------------------------------------------------------
+
+
+def error_page(status: int, detail: str) -> str:
+    """A refusal for a browser's navigation: the same words as the JSON answer, escaped."""
+    body = f"""<h1>{e(status)}</h1>
+<p class="lead" id="detail">{e(detail)}</p>
+<p><a href="/">&larr; All projects</a></p>"""
+    return _layout(f"{status}: tee-daemon", body)
 
 
 # -- the viewer ------------------------------------------------------------------------
