@@ -11,9 +11,9 @@ lookup, a dict lookup and a scope copy and nothing else.
 from __future__ import annotations
 
 import asyncio
-import json
 
 from .accesslog import AccessLog
+from .errors import error_answer
 from .metrics import Metrics
 from .origins import DAEMON, OTHER, PROJECT, Origins
 from .runtime import ASGIApp, Instance, Receive, Scope, Send
@@ -163,15 +163,6 @@ async def _json_error(send: Send, scope: Scope, status: int, detail: str) -> Non
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 4404})
         return
-    body = json.dumps({"status_code": status, "detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+    headers, body = error_answer(scope, status, detail)  # JSON, or HTML for a browser
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -248,3 +248,14 @@ def test_the_proxy_refuses_a_browser_with_a_small_html_page(daemon, echo):
     status, head, body = raw(daemon, request, half_close=False)
     assert status == 400 and b"content-type: text/html; charset=utf-8" in head.lower()
     assert b"frame-ancestors 'none'" in head and BAD_BODY.encode() in body
+
+
+def test_an_unknown_project_is_a_small_html_page_for_a_browser(daemon):
+    hostile = "<img src=x onerror=alert(1)>"
+    r = daemon.get(f"/{hostile}/", headers=HTML)
+    assert r.status_code == 404 and r.headers["content-type"] == "text/html; charset=utf-8"
+    assert hostile not in r.text and "&lt;img src=x onerror=alert(1)&gt;" in r.text
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+    assert r.headers["x-content-type-options"] == "nosniff"
+    r = daemon.get(f"/{hostile}/")
+    assert r.status_code == 404 and r.json()["detail"] == f"no project named {hostile!r}"
