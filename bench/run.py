@@ -6,7 +6,14 @@ config (upstream keep-alive to the same runtime processes, and the same static f
 and runs `wrk` against (a) the runtime process directly, (b) nginx, (c) the daemon,
 interleaved per runtime so the ratios come from one run. Prints one table.
 
+That daemon runs with TEE_DAEMON_PROJECT_NETWORK=shared (projects on a 127.0.0.1 port,
+which wrk and nginx need to reach them directly). The sandbox rows then set a second
+daemon in the default mode (SPEC section 9: isolated network over a unix socket, cgroup
+limits, volume) against it in the same run: req/s at c=32, added p50 at c=1,
+deploy→200 and the cold start after an idle stop, with the goals of issue 9.
+
     .venv/bin/python bench/run.py [--duration 5] [--density] [--runtimes deno,bun]
+    .venv/bin/python bench/run.py --only-sandbox [--sandbox-runtimes deno,python]
 
 Needs wrk and nginx (scripts/setup-system.sh, run by `make install`). Nothing is
 installed here. Figures on a shared machine move between runs: read the ratios.
@@ -375,6 +382,33 @@ def fmt_ratio(a: float | None, b: float | None) -> str:
     return "-" if not a or not b else f"{a / b:.2f}"
 
 
+SHARED = {"TEE_DAEMON_PROJECT_NETWORK": "shared"}  # The opt-in mode: a 127.0.0.1 port per project.
+# Issue 9's goals for the default mode against the shared one.
+GOAL_RPS_RATIO = 0.90  # req/s at c=32: at most 10 % fewer
+GOAL_ADDED_P50_MS = 0.050  # p50 at c=1: at most 50 µs more
+GOAL_DEPLOY_MS = {"deno": 300.0}  # deploy→first 200 in the default mode
+
+
+def deploy_hellos(
+    daemon: Daemon, runtimes: list[str], notes: list[str], prefix: str = "hello", label: str = ""
+) -> dict:
+    """Deploy each runtime's hello handler as `<prefix>-<runtime>`; per runtime its name,
+    the seconds from the POST to the first 200 through the daemon (the deploy answers
+    once the version serves), and its port (None when isolated: it has a unix socket)."""
+    deployed: dict[str, dict] = {}
+    for runtime in runtimes:
+        name = f"{prefix}-{runtime}"
+        t0 = time.monotonic()
+        r = daemon.deploy(name, HELLO[runtime], runtime=runtime)
+        if r.status_code != 201:
+            notes.append(f"{runtime}{label}: deploy failed {r.status_code}: {r.text[:300]}")
+            continue
+        t1 = wait_200(f"{daemon.url}/{name}/", 30)
+        port = httpx.get(f"{daemon.url}/{name}/port", timeout=10).text.strip()
+        deployed[runtime] = {"name": name, "port": int(port) if port.isdigit() else None, "deploy": t1 - t0}
+    return deployed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (default 5)")
@@ -382,6 +416,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtimes", default="deno,bun,node,python")
     parser.add_argument("--density", action="store_true", help="also deploy 100 Deno projects (slow)")
     parser.add_argument("--density-count", type=int, default=100)
+    parser.add_argument(
+        "--sandbox-runtimes", default="deno,python", help="runtimes of the sandbox rows ('' for none)"
+    )
+    parser.add_argument("--sandbox-rounds", type=int, default=4, help="interleaved wrk rounds per sandbox row")
+    parser.add_argument("--sandbox-duration", type=float, default=3.0, help="seconds per sandbox wrk run")
+    parser.add_argument("--deploy-samples", type=int, default=5, help="deploys per mode for the sandbox deploy→200")
+    parser.add_argument(
+        "--only-sandbox", action="store_true", help="only the sandbox rows (no nginx table, static, crash restarts)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     parser.add_argument(
         "--only-connections", action="store_true", help="only the connection rows (silent connections, slow readers)"
@@ -398,144 +441,247 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="tee-bench-"))
     started = time.monotonic()
-    daemon = Daemon(workdir)
-    nginx = None
+    # The main table's daemon shares the network: wrk and nginx reach its projects' ports.
+    daemon = Daemon(workdir, env_extra=SHARED)
+    started_nginx: list[Nginx] = []
+    isolated = None
+    sandbox = None
     rows: list[dict] = []
     notes: list[str] = []
+    cold: dict[str, float] = {}
+    sandbox_runtimes = [r for r in args.sandbox_runtimes.split(",") if r]
     try:
         available = daemon.runtimes()
-        wanted = [r for r in args.runtimes.split(",") if r]
-        deployed: dict[str, dict] = {}
-        # Deploy-to-first-200 per runtime (the deploy answers once the version serves).
-        for runtime in wanted:
-            if runtime not in available:
-                notes.append(f"{runtime}: runtime plugin not available in this daemon (pending)")
-                continue
-            name = f"hello-{runtime}"
-            t0 = time.monotonic()
-            r = daemon.deploy(name, HELLO[runtime], runtime=runtime)
-            if r.status_code != 201:
-                notes.append(f"{runtime}: deploy failed {r.status_code}: {r.text[:300]}")
-                continue
-            t1 = wait_200(f"{daemon.url}/{name}/", 30)
-            port = int(httpx.get(f"{daemon.url}/{name}/port", timeout=10).text)
-            deployed[runtime] = {"name": name, "port": port, "deploy": t1 - t0}
-        # A static project: one file.
-        t0 = time.monotonic()
-        r = daemon.deploy("bench-static", {"index.html": STATIC_FILE, "file.html": STATIC_FILE}, runtime="static")
-        static_root = None
-        static_deploy = None
-        if r.status_code == 201:
-            static_deploy = wait_200(f"{daemon.url}/bench-static/file.html", 30) - t0
-            static_root = daemon.data / "projects" / "bench-static" / "versions" / "1" / "tree"
-        else:
-            notes.append(f"static: deploy failed {r.status_code}: {r.text[:300]}")
-
-        nginx = Nginx(workdir, {d["name"]: d["port"] for d in deployed.values()}, static_root)
-        d, c = args.duration, args.connections
-        for runtime, info in deployed.items():
-            name = info["name"]
-            direct = f"http://127.0.0.1:{info['port']}/"
-            via_nginx = f"{nginx.url}/{name}/"
-            via_daemon = f"{daemon.url}/{name}/"
-            for url in (direct, via_nginx, via_daemon):  # warm the pools
-                wrk(url, c, 1)
-            row = {"what": f"{runtime} hello"}
-            row["direct"] = wrk(direct, c, d)
-            row["nginx"] = wrk(via_nginx, c, d)
-            row["daemon"] = wrk(via_daemon, c, d)
-            row["direct1"] = wrk(direct, 1, d)
-            row["nginx1"] = wrk(via_nginx, 1, d)
-            row["daemon1"] = wrk(via_daemon, 1, d)
-            row["deploy"] = info["deploy"]
-            rows.append(row)
-        if static_root is not None:
-            via_nginx = f"{nginx.url}/static/file.html"
-            via_daemon = f"{daemon.url}/bench-static/file.html"
-            wrk(via_nginx, c, 1)
-            wrk(via_daemon, c, 1)
-            row = {"what": f"static {len(STATIC_FILE)} B file"}
-            row["nginx"] = wrk(via_nginx, c, d)
-            row["daemon"] = wrk(via_daemon, c, d)
-            row["nginx1"] = wrk(via_nginx, 1, d)
-            row["daemon1"] = wrk(via_daemon, 1, d)
-            row["deploy"] = static_deploy
-            rows.append(row)
-
-        # Cold start: the project's process exits; time until the daemon serves it again
-        # (crash detection, restart with its first backoff step, runtime start-up).
-        cold: dict[str, float] = {}
-        for runtime, info in deployed.items():
-            name = info["name"]
-            try:
-                httpx.get(f"{daemon.url}/{name}/exit", timeout=5)
-            except httpx.HTTPError:
-                pass
-            t0 = time.monotonic()
-            time.sleep(0.05)  # let it exit
-            try:
-                cold[runtime] = wait_200(f"{daemon.url}/{name}/", 30) - t0
-            except RuntimeError as exc:
-                notes.append(f"{runtime}: no restart after exit: {exc}")
-
-        density = run_density(daemon, args) if args.density else None
+        wanted = sandbox_runtimes if args.only_sandbox else [r for r in args.runtimes.split(",") if r]
+        for runtime in [r for r in wanted if r not in available]:
+            notes.append(f"{runtime}: runtime plugin not available in this daemon (pending)")
+        deployed = deploy_hellos(daemon, [r for r in wanted if r in available], notes)
+        if not args.only_sandbox:
+            rows = run_table(daemon, deployed, workdir, args, notes, started_nginx)
+        isolated = Daemon(workdir, "isolated-daemon")  # The default mode (SPEC section 9).
+        compared = [r for r in sandbox_runtimes if r in deployed]
+        sandbox = run_sandbox(daemon, isolated, deployed, rows, compared, args, notes)
+        if not args.only_sandbox:
+            cold = run_restarts(daemon, deployed, notes)
+        # Always-on density in the default mode, as an operator gets it.
+        density = run_density(isolated, args) if args.density else None
         rss_total = tree_rss(daemon.proc.pid)
     finally:
-        if nginx is not None:
+        for nginx in started_nginx:
             nginx.stop()
+        if isolated is not None:
+            isolated.stop()
         daemon.stop()
 
     # Scale to zero: a second daemon, alone on the machine, started as an operator of
-    # a dense host would: TEE_DAEMON_IDLE_STOP=1 parks a project after 1 s idle.
+    # a dense host would: TEE_DAEMON_IDLE_STOP=1 parks a project after 1 s idle, in the
+    # default mode. For the sandbox rows, its cold starts in turn with those of the same
+    # daemon in the shared mode (stopped before the density run).
     idle_cold: dict[str, list[float]] = {}
+    idle_cold_shared: dict[str, list[float]] = {}
     idle_density = None
-    idler = None
+    idler = idler_shared = None
     try:
-        idler = Daemon(workdir, "idle-daemon", {"TEE_DAEMON_IDLE_STOP": str(IDLE_STOP)})
-        idle_cold = run_idle_cold(idler, [r for r in wanted if r in deployed], notes)
+        idle_env = {"TEE_DAEMON_IDLE_STOP": str(IDLE_STOP)}
+        runtimes = [r for r in wanted if r in deployed]
+        compared = [r for r in runtimes if r in sandbox_runtimes]
+        idler = Daemon(workdir, "idle-daemon", idle_env)
+        plan = [(idler, runtimes)]
+        if compared:
+            idler_shared = Daemon(workdir, "idle-shared-daemon", {**idle_env, **SHARED})
+            plan.append((idler_shared, compared))
+        found = run_idle_cold(plan, notes)
+        idle_cold, idle_cold_shared = found[0], (found[1] if compared else {})
+        if idler_shared is not None:
+            idler_shared.stop()
+            idler_shared = None
         if args.density:
             idle_density = run_idle_density(idler, args, notes)
     except RuntimeError as exc:
         notes.append(f"idle-stop daemon: {exc}")
     finally:
-        if idler is not None:
-            idler.stop()
+        for one in (idler_shared, idler):
+            if one is not None:
+                one.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    print_table(rows, args, cold, density, notes, rss_total, time.monotonic() - started, idle_cold, idle_density)
+    print_table(rows, args, cold, density, rss_total, idle_cold, idle_density)
+    print_sandbox(sandbox, idle_cold, idle_cold_shared, args)
+    for note in notes:
+        print("note:", note)
+    print(f"(bench took {time.monotonic() - started:.0f}s)")
     return 0
+
+
+def run_table(daemon: Daemon, deployed: dict, workdir: Path, args, notes: list[str], started: list) -> list[dict]:
+    """The main table: per runtime, direct vs nginx vs daemon at c=32 and c=1, then the
+    static file. The nginx it starts goes into `started` (the caller stops it)."""
+    rows: list = []
+    # A static project: one file.
+    t0 = time.monotonic()
+    r = daemon.deploy("bench-static", {"index.html": STATIC_FILE, "file.html": STATIC_FILE}, runtime="static")
+    static_root = None
+    static_deploy = None
+    if r.status_code == 201:
+        static_deploy = wait_200(f"{daemon.url}/bench-static/file.html", 30) - t0
+        static_root = daemon.data / "projects" / "bench-static" / "versions" / "1" / "tree"
+    else:
+        notes.append(f"static: deploy failed {r.status_code}: {r.text[:300]}")
+
+    nginx = Nginx(workdir, {d["name"]: d["port"] for d in deployed.values()}, static_root)
+    started.append(nginx)
+    d, c = args.duration, args.connections
+    for runtime, info in deployed.items():
+        name = info["name"]
+        direct = f"http://127.0.0.1:{info['port']}/"
+        via_nginx = f"{nginx.url}/{name}/"
+        via_daemon = f"{daemon.url}/{name}/"
+        for url in (direct, via_nginx, via_daemon):  # warm the pools
+            wrk(url, c, 1)
+        row = {"what": f"{runtime} hello"}
+        row["direct"] = wrk(direct, c, d)
+        row["nginx"] = wrk(via_nginx, c, d)
+        row["daemon"] = wrk(via_daemon, c, d)
+        row["direct1"] = wrk(direct, 1, d)
+        row["nginx1"] = wrk(via_nginx, 1, d)
+        row["daemon1"] = wrk(via_daemon, 1, d)
+        row["deploy"] = info["deploy"]
+        rows.append(row)
+    if static_root is not None:
+        via_nginx = f"{nginx.url}/static/file.html"
+        via_daemon = f"{daemon.url}/bench-static/file.html"
+        wrk(via_nginx, c, 1)
+        wrk(via_daemon, c, 1)
+        row = {"what": f"static {len(STATIC_FILE)} B file"}
+        row["nginx"] = wrk(via_nginx, c, d)
+        row["daemon"] = wrk(via_daemon, c, d)
+        row["nginx1"] = wrk(via_nginx, 1, d)
+        row["daemon1"] = wrk(via_daemon, 1, d)
+        row["deploy"] = static_deploy
+        rows.append(row)
+    return rows
+
+
+def run_restarts(daemon: Daemon, deployed: dict, notes: list[str]) -> dict[str, float]:
+    """Cold start: the project's process exits; time until the daemon serves it again
+    (crash detection, restart with its first backoff step, runtime start-up)."""
+    cold: dict[str, float] = {}
+    for runtime, info in deployed.items():
+        name = info["name"]
+        try:
+            httpx.get(f"{daemon.url}/{name}/exit", timeout=5)
+        except httpx.HTTPError:
+            pass
+        t0 = time.monotonic()
+        time.sleep(0.05)  # let it exit
+        try:
+            cold[runtime] = wait_200(f"{daemon.url}/{name}/", 30) - t0
+        except RuntimeError as exc:
+            notes.append(f"{runtime}: no restart after exit: {exc}")
+    return cold
+
+
+def run_sandbox(shared: Daemon, isolated: Daemon, deployed: dict, rows: list, runtimes: list[str], args, notes) -> dict:
+    """The cost of the sandbox: the same hello projects through a daemon in the default
+    mode (`isolated`) and through the shared-network one (`shared`, which already
+    serves `deployed`), interleaved round by round so both see the same machine.
+
+    Per runtime: median req/s at c=32 and p50 at c=1 over `--sandbox-rounds`, the
+    direct p50 (the main table's, else measured here) for the added p50, and
+    `--deploy-samples` deploy→200 times per mode (the extra projects deleted again)."""
+    facts = {}
+    try:
+        facts = isolated.client.get("/_api/substrate").json().get("isolation", {})
+    except (httpx.HTTPError, ValueError):
+        pass
+    if facts.get("network_mode") != "isolated":
+        notes.append(f"sandbox rows: the default-mode daemon reports network {facts.get('network_mode')!r}")
+    result: dict = {"facts": facts, "rounds": args.sandbox_rounds, "duration": args.sandbox_duration, "runtimes": {}}
+    mine = deploy_hellos(isolated, runtimes, notes, label=" (default mode)")
+    deploys = {rt: {"shared": [deployed[rt]["deploy"]], "isolated": [mine[rt]["deploy"]]} for rt in mine}
+    for i in range(1, args.deploy_samples):
+        for mode, daemon in (("isolated", isolated), ("shared", shared))[:: 1 if i % 2 else -1]:
+            got = deploy_hellos(daemon, list(deploys), notes, prefix=f"deploy{i}", label=f" ({mode})")
+            for rt, info in got.items():
+                deploys[rt][mode].append(info["deploy"])
+                daemon.client.delete(f"/_api/projects/{info['name']}")
+    c, d = args.connections, args.sandbox_duration
+    for rt in deploys:
+        urls = {"shared": f"{shared.url}/{deployed[rt]['name']}/", "isolated": f"{isolated.url}/{mine[rt]['name']}/"}
+        for url in urls.values():  # warm the pools
+            wrk(url, c, 1)
+        runs: dict[str, dict[str, list]] = {mode: {"c32": [], "c1": []} for mode in urls}
+        for rnd in range(max(args.sandbox_rounds, 1)):
+            order = list(urls) if rnd % 2 == 0 else list(urls)[::-1]
+            for mode in order:
+                runs[mode]["c32"].append(wrk(urls[mode], c, d))
+            for mode in order:
+                runs[mode]["c1"].append(wrk(urls[mode], 1, d))
+        direct1 = next((row["direct1"]["p50"] for row in rows if row["what"] == f"{rt} hello"), None)
+        if direct1 is None and deployed[rt]["port"]:
+            direct1 = wrk(f"http://127.0.0.1:{deployed[rt]['port']}/", 1, d)["p50"]
+        entry: dict = {"direct_p50": direct1, "deploy": deploys[rt]}
+        for mode, got in runs.items():
+            entry[mode] = {
+                "rps": statistics.median(r["rps"] for r in got["c32"]),
+                "p50": statistics.median(r["p50"] for r in got["c1"]),
+            }
+        # Round by round (the two modes measured back to back): the ratio and the delta.
+        pairs = list(zip(runs["shared"]["c32"], runs["isolated"]["c32"]))
+        entry["ratios"] = [b["rps"] / a["rps"] if a["rps"] else 0.0 for a, b in pairs]
+        entry["deltas"] = [b["p50"] - a["p50"] for a, b in zip(runs["shared"]["c1"], runs["isolated"]["c1"])]
+        for mode, got in runs.items():
+            for r in got["c32"] + got["c1"]:
+                if r["errors"] or r["socket_errors"]:
+                    notes.append(f"sandbox {rt} {mode}: non-2xx {r['errors']} socket errors {r['socket_errors']}")
+        result["runtimes"][rt] = entry
+    return result
 
 
 IDLE_STOP = 1  # Seconds without a request before the idle-stop daemon parks a process.
 
 
-def run_idle_cold(daemon: Daemon, runtimes: list[str], notes: list[str]) -> dict[str, list[float]]:
-    """Per runtime: deploy, wait until parked, time the first request; three times."""
-    out: dict[str, list[float]] = {}
-    for runtime in runtimes:
+def run_idle_cold(daemons: list[tuple[Daemon, list[str]]], notes: list[str], samples: int = 3) -> list[dict]:
+    """Per runtime: deploy, wait until parked, time the first request; `samples` times.
+    Each daemon with its runtimes; a runtime on several daemons is sampled on each in
+    turn, so they see the same machine. Per daemon: runtime -> sorted timings + warm."""
+    out: list[dict[str, list[float]]] = [{} for _ in daemons]
+    for runtime in dict.fromkeys(r for _, runtimes in daemons for r in runtimes):
         name = f"idle-{runtime}"
-        r = daemon.deploy(name, HELLO[runtime], runtime=runtime)
-        if r.status_code != 201:
-            notes.append(f"{runtime} (idle stop): deploy failed {r.status_code}: {r.text[:300]}")
-            continue
-        timings = []
-        with httpx.Client(timeout=30) as c:
+        on = []
+        for i, (daemon, runtimes) in enumerate(daemons):
+            if runtime not in runtimes:
+                continue
+            r = daemon.deploy(name, HELLO[runtime], runtime=runtime)
+            if r.status_code != 201:
+                notes.append(f"{runtime} (idle stop): deploy failed {r.status_code}: {r.text[:300]}")
+                continue
+            c = httpx.Client(timeout=30)
             c.get(f"{daemon.url}/{name}/")  # Open the connection to the daemon.
-            for _ in range(3):
-                daemon.wait_parked([name], 15)
+            on.append((i, daemon, c, []))
+        try:
+            for k in range(samples):
+                for i, daemon, c, timings in on:
+                    if len(timings) < k:
+                        continue  # An earlier sample failed.
+                    daemon.wait_parked([name], 15)
+                    t0 = time.perf_counter()
+                    r = c.get(f"{daemon.url}/{name}/")
+                    elapsed = time.perf_counter() - t0
+                    if r.status_code != 200:
+                        notes.append(f"{runtime} (idle stop): cold request answered {r.status_code}: {r.text[:200]}")
+                        continue
+                    timings.append(elapsed)
+            for i, daemon, c, timings in on:
                 t0 = time.perf_counter()
-                r = c.get(f"{daemon.url}/{name}/")
-                elapsed = time.perf_counter() - t0
-                if r.status_code != 200:
-                    notes.append(f"{runtime} (idle stop): cold request answered {r.status_code}: {r.text[:200]}")
-                    break
-                timings.append(elapsed)
-            t0 = time.perf_counter()
-            c.get(f"{daemon.url}/{name}/")
-            warm = time.perf_counter() - t0
-        if timings:
-            out[runtime] = sorted(timings) + [warm]
+                c.get(f"{daemon.url}/{name}/")
+                warm = time.perf_counter() - t0
+                if len(timings) == samples:
+                    out[i][runtime] = sorted(timings) + [warm]
+        finally:
+            for entry in on:
+                entry[2].close()
     return out
 
 
@@ -606,43 +752,49 @@ def run_density(daemon: Daemon, args) -> dict:
     return {"count": len(names), "rss": rss, "pss": pss, "deploy": deploy_seconds, "c32": random_c32, "c1": random_c1}
 
 
-def print_table(rows, args, cold, density, notes, rss_total, elapsed, idle_cold=None, idle_density=None) -> None:
+def print_table(rows, args, cold, density, rss_total, idle_cold=None, idle_density=None) -> None:
     c = args.connections
     print()
     print(f"tee-daemon bench: wrk -t1 -c{c} -d{args.duration:g}s --latency (and -c1), loopback, {os.cpu_count()} cores")
     print()
-    head = (
-        f"{'':<22}{'direct':>9}{'nginx':>9}{'daemon':>9}{'d/nginx':>9}"
-        f"{'p50 c1 direct':>15}{'nginx':>9}{'daemon':>9}{'added':>9}{'deploy→200':>12}{'restart':>9}"
-    )
-    print(head)
-    print("-" * len(head))
-    for row in rows:
-        direct = row.get("direct")
-        nginx, daemon = row["nginx"], row["daemon"]
-        d1, n1, m1 = row.get("direct1"), row["nginx1"], row["daemon1"]
-        added = m1["p50"] - d1["p50"] if d1 else None
-        runtime = row["what"].split()[0]
-        print(
-            f"{row['what']:<22}{fmt_rps(direct['rps'] if direct else None):>9}{fmt_rps(nginx['rps']):>9}"
-            f"{fmt_rps(daemon['rps']):>9}{fmt_ratio(daemon['rps'], nginx['rps']):>9}"
-            f"{fmt_ms(d1['p50'] if d1 else None):>15}{fmt_ms(n1['p50']):>9}{fmt_ms(m1['p50']):>9}"
-            f"{fmt_ms(added):>9}{fmt_ms(row['deploy'] * 1000) if row.get('deploy') else '-':>12}"
-            f"{fmt_ms(cold[runtime] * 1000) if runtime in cold else '-':>9}"
+    if not rows:
+        print("(main table skipped: --only-sandbox)")
+    else:
+        head = (
+            f"{'':<22}{'direct':>9}{'nginx':>9}{'daemon':>9}{'d/nginx':>9}"
+            f"{'p50 c1 direct':>15}{'nginx':>9}{'daemon':>9}{'added':>9}{'deploy→200':>12}{'restart':>9}"
         )
-    print()
-    print("req/s at c=" + str(c) + "; p50 latency at c=1; added = daemon p50 - direct p50 at c=1;")
-    print("deploy→200 = POST /_api/projects until the first 200 through the daemon;")
-    print("restart = the project's process exits (crash), until the daemon serves it again.")
-    print("All rows above: always-on daemon (no idle stop).")
-    for row in rows:
-        bad = [k for k in ("direct", "nginx", "daemon") if row.get(k) and (row[k]["errors"] or row[k]["socket_errors"])]
-        for k in bad:
-            print(f"  {row['what']} {k}: non-2xx {row[k]['errors']} socket errors {row[k]['socket_errors']}")
-    print(f"always-on daemon + project processes RSS at the end: {rss_total / 2**20:.0f} MiB")
+        print(head)
+        print("-" * len(head))
+        for row in rows:
+            direct = row.get("direct")
+            nginx, daemon = row["nginx"], row["daemon"]
+            d1, n1, m1 = row.get("direct1"), row["nginx1"], row["daemon1"]
+            added = m1["p50"] - d1["p50"] if d1 else None
+            runtime = row["what"].split()[0]
+            print(
+                f"{row['what']:<22}{fmt_rps(direct['rps'] if direct else None):>9}{fmt_rps(nginx['rps']):>9}"
+                f"{fmt_rps(daemon['rps']):>9}{fmt_ratio(daemon['rps'], nginx['rps']):>9}"
+                f"{fmt_ms(d1['p50'] if d1 else None):>15}{fmt_ms(n1['p50']):>9}{fmt_ms(m1['p50']):>9}"
+                f"{fmt_ms(added):>9}{fmt_ms(row['deploy'] * 1000) if row.get('deploy') else '-':>12}"
+                f"{fmt_ms(cold[runtime] * 1000) if runtime in cold else '-':>9}"
+            )
+        print()
+        print("req/s at c=" + str(c) + "; p50 latency at c=1; added = daemon p50 - direct p50 at c=1;")
+        print("deploy→200 = POST /_api/projects until the first 200 through the daemon;")
+        print("restart = the project's process exits (crash), until the daemon serves it again.")
+        print("All rows above: always-on daemon (no idle stop), TEE_DAEMON_PROJECT_NETWORK=shared (projects on a")
+        print("127.0.0.1 port, which direct and nginx need); the default mode's cost: SANDBOX rows below.")
+        for row in rows:
+            bad = [
+                k for k in ("direct", "nginx", "daemon") if row.get(k) and (row[k]["errors"] or row[k]["socket_errors"])
+            ]
+            for k in bad:
+                print(f"  {row['what']} {k}: non-2xx {row[k]['errors']} socket errors {row[k]['socket_errors']}")
+        print(f"always-on (shared) daemon + project processes RSS at the end: {rss_total / 2**20:.0f} MiB")
     if idle_cold:
         print()
-        print(f"IDLE STOP rows: a second daemon with TEE_DAEMON_IDLE_STOP={IDLE_STOP} (scale to zero);")
+        print(f"IDLE STOP rows: a daemon in the default mode (isolated, limits), TEE_DAEMON_IDLE_STOP={IDLE_STOP};")
         print("cold start = project parked (no process), time of its first request, which starts it.")
         head = f"{'idle stop':<22}{'cold median':>13}{'min':>10}{'max':>10}{'then warm':>11}"
         print(head)
@@ -656,7 +808,7 @@ def print_table(rows, args, cold, density, notes, rss_total, elapsed, idle_cold=
         c32, c1 = density["c32"], density["c1"]
         print()
         print(
-            f"density, ALWAYS-ON (no idle stop): {density['count']} Deno projects deployed in "
+            f"density, ALWAYS-ON (no idle stop, default mode): {density['count']} Deno projects deployed in "
             f"{density['deploy']:.1f}s, all running; daemon + project processes RSS "
             f"{density['rss'] / 2**20:.0f} MiB summed, PSS {density['pss'] / 2**20:.0f} MiB; random projects "
             f"(all warm): {fmt_rps(c32['rps'])} req/s at c={c}, p50 {fmt_ms(c1['p50'])} at c=1"
@@ -665,7 +817,8 @@ def print_table(rows, args, cold, density, notes, rss_total, elapsed, idle_cold=
         i = idle_density
         print()
         print(
-            f"density, IDLE STOP (TEE_DAEMON_IDLE_STOP={IDLE_STOP}): {i['count']} Deno projects deployed in "
+            f"density, IDLE STOP (TEE_DAEMON_IDLE_STOP={IDLE_STOP}, default mode): {i['count']} Deno projects "
+            f"deployed in "
             f"{i['deploy']:.1f}s; all parked {i['parked_after']:.1f}s later"
         )
         print(
@@ -686,9 +839,94 @@ def print_table(rows, args, cold, density, notes, rss_total, elapsed, idle_cold=
             f"  {i['running']} running, rest parked: daemon + project processes RSS "
             f"{i['rss_awake'] / 2**20:.0f} MiB summed, PSS {i['pss_awake'] / 2**20:.0f} MiB"
         )
-    for note in notes:
-        print("note:", note)
-    print(f"(bench took {elapsed:.0f}s)")
+
+
+def signed_us(ms: float) -> str:
+    return f"{ms * 1000:+.0f}µs"
+
+
+def _met(ok: bool | None) -> str:
+    return "-" if ok is None else "met" if ok else "NOT MET"
+
+
+def print_sandbox(sandbox: dict | None, idle_cold: dict, idle_cold_shared: dict, args) -> None:
+    """The sandbox rows: default mode against the shared network, with issue 9's goals."""
+    if not sandbox or not sandbox["runtimes"]:
+        return
+    limits = sandbox["facts"].get("limits", {})
+    egress = sandbox["facts"].get("egress", "?")
+    print()
+    print(
+        "SANDBOX rows (issue 9): the DEFAULT mode (own network namespace served over a unix socket, egress "
+        f"{egress} via veth+NAT; cgroup limits {limits.get('memory_mb', '?')} MiB, {limits.get('cpus', '?')} CPU, "
+        f"{limits.get('pids', '?')} pids; a {limits.get('disk_mb', '?')} MiB loop volume for data and /tmp)"
+    )
+    print(
+        "against a daemon with TEE_DAEMON_PROJECT_NETWORK=shared (a 127.0.0.1 port; the same limits and volume), "
+        f"same run; wrk -d{sandbox['duration']:g}s, the two back to back, {sandbox['rounds']} rounds: medians, and"
+    )
+    print("in [ ] the range of the rounds' ratios and p50 differences")
+    head = f"{'':<38}{'shared':>10}{'default':>10}{'default vs shared':>24}   {'goal':<22}{'goal met':>9}"
+    print(head)
+    print("-" * len(head))
+    verdicts: list[tuple[str, bool]] = []
+
+    def line(what: str, shared: str, default: str, versus: str, goal: str = "-", ok: bool | None = None) -> None:
+        print(f"{what:<38}{shared:>10}{default:>10}{versus:>24}   {goal:<22}{_met(ok):>9}")
+        if ok is not None:
+            verdicts.append((what, ok))
+
+    for rt, e in sandbox["runtimes"].items():
+        sh, iso = e["shared"], e["isolated"]
+        ratio = statistics.median(e["ratios"])
+        line(
+            f"{rt} req/s at c={args.connections}", fmt_rps(sh["rps"]), fmt_rps(iso["rps"]),
+            f"{ratio:.2f} [{min(e['ratios']):.2f}-{max(e['ratios']):.2f}]",
+            f">= {GOAL_RPS_RATIO:.2f} of shared", ratio >= GOAL_RPS_RATIO,
+        )  # fmt: skip
+        delta = statistics.median(e["deltas"])
+        versus = f"{signed_us(delta)} [{signed_us(min(e['deltas']))},{signed_us(max(e['deltas']))}]"
+        direct = e["direct_p50"]
+        if direct is not None:
+            line(
+                f"{rt} added p50 at c=1 (direct {fmt_ms(direct)})", signed_us(sh["p50"] - direct),
+                signed_us(iso["p50"] - direct), versus, f"<= +{fmt_ms(GOAL_ADDED_P50_MS)}", delta <= GOAL_ADDED_P50_MS,
+            )  # fmt: skip
+        else:
+            line(
+                f"{rt} p50 at c=1", fmt_ms(sh["p50"]), fmt_ms(iso["p50"]), versus,
+                f"<= +{fmt_ms(GOAL_ADDED_P50_MS)}", delta <= GOAL_ADDED_P50_MS,
+            )  # fmt: skip
+        dep_sh, dep_iso = (statistics.median(e["deploy"][m]) * 1000 for m in ("shared", "isolated"))
+        goal = GOAL_DEPLOY_MS.get(rt)
+        samples = len(e["deploy"]["isolated"])
+        line(
+            f"{rt} deploy→200 (median of {samples})", fmt_ms(dep_sh), fmt_ms(dep_iso),
+            f"{'+' if dep_iso >= dep_sh else '-'}{fmt_ms(abs(dep_iso - dep_sh))}",
+            f"< {goal:.0f}ms (default mode)" if goal else "-", dep_iso < goal if goal else None,
+        )  # fmt: skip
+        print(
+            f"{'':<38}deploys, default mode: "
+            + ", ".join(fmt_ms(t * 1000) for t in e["deploy"]["isolated"])
+            + "; shared: " + ", ".join(fmt_ms(t * 1000) for t in e["deploy"]["shared"])
+        )  # fmt: skip
+        if rt in idle_cold or rt in idle_cold_shared:
+            lo = idle_cold_shared.get(rt)
+            hi = idle_cold.get(rt)
+            line(
+                f"{rt} cold start after idle stop",
+                fmt_ms(lo[1] * 1000) if lo else "-",
+                fmt_ms(hi[1] * 1000) if hi else "-",
+                f"{'+' if hi[1] >= lo[1] else '-'}{fmt_ms(abs(hi[1] - lo[1]) * 1000)}" if lo and hi else "-",
+            )  # fmt: skip
+    print("added p50 = p50 through that daemon - p50 straight to the (shared) project's port, at c=1;")
+    print("deploy→200 = POST /_api/projects until the first 200; cold start = median of 3 first requests to a")
+    print(f"parked project (TEE_DAEMON_IDLE_STOP={IDLE_STOP}; a daemon per mode, sampled in turn).")
+    missed = [what for what, ok in verdicts if not ok]
+    print(
+        f"sandbox goals: {len(verdicts) - len(missed)} of {len(verdicts)} met"
+        + (f"; NOT met: {'; '.join(missed)}" if missed else "")
+    )
 
 
 def run_connections(args) -> int:
@@ -709,7 +947,8 @@ def run_connections(args) -> int:
 def main_and_connections(argv: list[str] | None = None) -> int:
     code = main(argv)
     args = sys.argv[1:] if argv is None else argv
-    if code == 0 and "--only-connections" not in args and "--no-connections" not in args and "-h" not in args:
+    skip = {"--only-connections", "--no-connections", "--only-sandbox", "-h"}
+    if code == 0 and not skip.intersection(args):
         code = run_connections(argparse.Namespace(keep="--keep" in args))
     return code
 
