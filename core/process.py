@@ -561,8 +561,16 @@ class ProcessInstance(Instance):
                 raise DeployFailed(f"{self.label} is stopped")
             spawned = False
             try:
-                self.spawn()  # On the loop: Popen is quick, and a cancel cannot race it.
-                spawned = True
+                # Off the loop: the sandbox's handshake (cgroup, uid map, egress link)
+                # takes milliseconds that other projects' requests must not wait for.
+                # A cancel waits for the spawn to finish, so the process is then ended.
+                spawning = asyncio.ensure_future(asyncio.to_thread(self.spawn))
+                try:
+                    await asyncio.shield(spawning)
+                finally:
+                    if not spawning.done():
+                        await asyncio.wait([spawning])
+                    spawned = not spawning.cancelled() and spawning.exception() is None
                 await self._wait_listening(_wake_timeout)
             except BaseException as exc:
                 self.state = "idle"
