@@ -7,14 +7,10 @@ every other name to nowhere, so the browser only ever connects to loopback.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
+from browser import chromium
 
-CHROMIUM = os.environ.get("TEE_DAEMON_TEST_CHROMIUM", "/usr/bin/chromium")
-if not Path(CHROMIUM).exists():  # as in test_viewer_browser.py: a broken setup fails loudly
-    raise RuntimeError(f"{CHROMIUM} missing: run scripts/setup-system.sh")
 
 SECRET = "b-session-secret-7f3a"
 VICTIM = f'''
@@ -66,20 +62,10 @@ ATTACK = """async ({b, daemon}) => {
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--no-proxy-server",
-                "--host-resolver-rules=MAP *.tee.test 127.0.0.1, MAP * ~NOTFOUND",
-            ],
-        )  # fmt: skip
+    with chromium(
+        "--no-proxy-server",                 "--host-resolver-rules=MAP *.tee.test 127.0.0.1, MAP * ~NOTFOUND",
+    ) as browser:
         yield browser
-        browser.close()
 
 
 def test_a_project_page_cannot_read_another_projects_data_or_cookie(fresh_daemon, browser):

@@ -6,14 +6,10 @@ opened or a frame it embedded."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
+from browser import chromium
 
-CHROMIUM = os.environ.get("TEE_DAEMON_TEST_CHROMIUM", "/usr/bin/chromium")
-if not Path(CHROMIUM).exists():  # never skipped: `make test` installs it
-    raise RuntimeError(f"{CHROMIUM} missing: run scripts/setup-system.sh")
 
 FORGED = "FORGED: all checks passed"
 # The hostile project: a plain page, and a service worker that would answer every
@@ -41,19 +37,8 @@ async def app(scope, receive, send):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
-            ],
-        )  # fmt: skip
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -7,39 +7,22 @@ hostile values render as text. Screenshots go to test-artifacts/ for humans to l
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
 from harness import REPO
+from browser import chromium
 
-CHROMIUM = os.environ.get("TEE_DAEMON_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
 HOSTILE = "<img src=x onerror=alert(1)>"
 SITE = {"index.html": "<!doctype html><h1>hello</h1>"}
 
-# Never skipped: `make test` installs Chromium (scripts/setup-system.sh), so a missing
-# browser is a broken setup and must fail loudly.
-if not Path(CHROMIUM).exists():
-    raise RuntimeError(f"{CHROMIUM} missing: run scripts/setup-system.sh")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
-            ],
-        )  # fmt: skip
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 class Watched:
