@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import itertools
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,26 @@ def name(request: pytest.FixtureRequest) -> str:
     base = request.node.name.lower().replace("_", "-")
     clean = "".join(c for c in base if c.isalnum() or c == "-")[:40].strip("-")
     return f"{clean}-{next(_names)}"
+
+
+@pytest.fixture
+def loopback_listener():
+    """A TCP service on the host's loopback (as the daemon or a shared-mode project is)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                conn.close()
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    server.close()

@@ -5,9 +5,7 @@ the opt-in loopback mode. Against the real daemon over HTTP."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
-import threading
 
 import pytest
 
@@ -57,29 +55,6 @@ async def app(scope, receive, send):
 """
 
 
-@pytest.fixture
-def listener():
-    """A TCP service on the host's loopback (as another project in shared mode would be)."""
-    server = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def accept():
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-                conn.close()
-            except OSError:
-                pass
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    server.close()
-
-
 def probe(daemon, name: str, **query) -> dict:
     r = daemon.get(f"/{name}/probe", params=query)
     assert r.status_code == 200, r.text
@@ -106,14 +81,14 @@ def test_samples_serve_through_the_daemon(fresh_daemon, name):
         assert len(instance["address"].encode()) - len("unix:") < 108
 
 
-def test_isolated_project_reaches_nothing_outside(fresh_daemon, name, listener):
+def test_isolated_project_reaches_nothing_outside(fresh_daemon, name, loopback_listener):
     daemon = fresh_daemon(env=NO_EGRESS)
     deploy_ok(daemon, name, {"app.py": PROBE})
     other = f"{name}-other"
     deploy_ok(daemon, other, app_files("python-asgi"))
 
     assert probe(daemon, name, port=daemon.port) == {"connected": False, "error": "ConnectionRefusedError", "errno": 111}
-    assert probe(daemon, name, port=listener)["connected"] is False
+    assert probe(daemon, name, port=loopback_listener)["connected"] is False
     # Another project's socket is not even visible in the sandbox.
     address = daemon.get(f"/_api/projects/{other}", admin=True).json()["instance"]["address"]
     assert daemon.get(f"/{other}/").status_code == 200
@@ -126,12 +101,12 @@ def test_isolated_project_reaches_nothing_outside(fresh_daemon, name, listener):
     assert facts["network"].startswith("isolated")
 
 
-def test_shared_project_reaches_the_daemon(fresh_daemon, name, listener):
+def test_shared_project_reaches_the_daemon(fresh_daemon, name, loopback_listener):
     """The same probe with the (opt-in) shared network connects: the isolated test can fail."""
     daemon = fresh_daemon(env=SHARED)
     deploy_ok(daemon, name, {"app.py": PROBE})
     assert probe(daemon, name, port=daemon.port) == {"connected": True}
-    assert probe(daemon, name, port=listener) == {"connected": True}
+    assert probe(daemon, name, port=loopback_listener) == {"connected": True}
     instance = daemon.get(f"/_api/projects/{name}", admin=True).json()["instance"]
     assert instance["network"] == "shared"
     assert instance["address"].startswith("127.0.0.1:")

@@ -16,8 +16,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -530,29 +528,6 @@ def test_item6_deno_dir_never_shows_another_projects_source(daemon, name):
 
 
 # -- item 8: the network ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def loopback_listener():
-    """A TCP service on the host's loopback (as the daemon or a shared-mode project is)."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def accept():
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-                conn.close()
-            except OSError:
-                pass
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    server.close()
 
 
 @pytest.fixture
