@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import sandbox
+from . import egress, limits, sandbox, volume
 from .identity import Identities, Identity
 from .settings import Settings
 from .store import Store
@@ -62,8 +62,6 @@ class Tenancy:
             raise SystemExit(refusal(self.unenforced))
         for reason in self.unenforced.values():
             log.warning("NOT ENFORCED (accepted by the operator): %s", reason)
-        from . import limits
-
         self.limits = limits.Limits(
             memory_mb=s.project_memory_mb, cpus=s.project_cpus, pids=s.project_pids, disk_mb=s.project_disk_mb
         )
@@ -71,12 +69,8 @@ class Tenancy:
             self.cgroups = limits.Cgroups(self.key, self.limits)
         self.volumes = "disk" not in self.unenforced
         if self.volumes:
-            from . import volume
-
             self.store.before_removing = volume.release
         if s.project_network == "isolated" and s.project_egress == "allow" and "egress" not in self.unenforced:
-            from . import egress
-
             self.egress = egress.Egress(self.key)
         sandbox.configure(data_root=s.data_dir, egress=self.egress, cgroups=self.cgroups)
 
@@ -84,8 +78,6 @@ class Tenancy:
         """At shutdown, after every project stopped: unmount the volumes (a start mounts
         them again) and remove the firewall of the egress."""
         if self.volumes:
-            from . import volume
-
             volume.release_all(self.store.projects_dir)
         if self.egress is not None:
             self.egress.close()
@@ -105,8 +97,6 @@ class Tenancy:
         cache = folder / "cache"
         cache.mkdir(exist_ok=True)
         if self.volumes and identity is not None:
-            from . import volume
-
             mount = volume.ensure(folder, size_mb=self.settings.project_disk_mb, uid=identity.uid, gid=identity.gid)
             return Tenant(identity, mount / "data", mount / "tmp", cache)
         data = self.store.data_dir(project)
@@ -156,8 +146,6 @@ def remove_leftovers(data_dir: Path) -> None:
     """What a killed daemon of `data_dir` left on the host (mounted volumes, cgroups,
     firewall chains). A daemon starting again cleans them up itself; this is for a
     data dir that will not be served again (the test suite's, after a crash test)."""
-    from . import egress, limits, volume
-
     volume.release_all(data_dir)
     key = daemon_key(data_dir)
     if not isinstance(limits.probe(), str):
@@ -170,8 +158,6 @@ def problems(settings: Settings) -> dict[str, str]:
     """What of SPEC 9 this machine cannot enforce for process projects, part -> why."""
     if settings.backend == "docker":
         return {}
-    from . import egress, limits, volume
-
     found: dict[str, str] = {}
     if (reason := sandbox.unavailable_reason()) is not None:
         found["sandbox"] = f"projects cannot be sandboxed with identities of their own: {reason}"
