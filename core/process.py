@@ -2,25 +2,22 @@
 
 `ProcessInstance` is the `Instance` every process runtime returns. It
 
-* spawns an argv with exactly the environment it is given (never the daemon's: the
-  admin token and every ``TEE_DAEMON_*`` setting stay out), stdin closed, stdout and
-  stderr appended to the project's log file, in its own process group;
-* wraps the argv in bubblewrap when it works on this machine (`sandbox_argv`): the
-  project sees read-only system folders and runtime binaries, its own tree and build
-  folder, its data dir read-write, a private /tmp, and nothing else of this machine's
-  files (no other project, no daemon state); pid/ipc/uts namespaces are private; the
-  network is shared (``configure(network="shared")``, the default: the process
-  listens on loopback and reaches the internet) or, with ``network="isolated"``, a
-  namespace of its own holding only its loopback (no other project, no daemon, no
-  internet);
+* starts the argv in the tenant sandbox (`sandbox.spawn`: the project's own uid, no
+  capabilities, its cgroup unit, only the folders it is given, the env handed to the
+  program alone; never the daemon's env: the admin token and every ``TEE_DAEMON_*``
+  setting stay out), stdin closed, stdout and stderr appended to the project's log;
+  the network is ``isolated`` (the default: a namespace of its own, outbound access
+  through `egress` unless denied) or, opt-in, ``shared`` (the host's network);
 * listens on a loopback port the daemon picked (`free_port`), or when isolated on a
   unix socket in a folder of its run dir bound into the sandbox at the same path
   (env ``LISTEN_UNIX``; a short folder under /tmp when that path would be too long for
   a socket address); `ready` polls a connect and fails with the exit code and the
   last log lines when the process exits or is not listening in time;
 * after it served once, restarts it when it dies, with exponential backoff; a crash
-  loop shows in `describe()` (``state: crash-loop``) and as a line in the log;
-* `stop` sends SIGTERM to the process group, then SIGKILL;
+  loop shows in `describe()` (``state: crash-loop``) and as a line in the log, and a
+  kill for the memory limit says "out of memory" there and in ``oom_kills``;
+* `stop` sends SIGTERM to the program, then SIGKILL; the sandbox's init takes every
+  other process of the project with it, and its cgroup unit is removed;
 * scale to zero (`configure(idle_stop=...)` > 0): `forward_app` wraps the proxy in an
   `IdleGate` that stamps `last_used` and counts requests in flight; one periodic task
   for all instances stops ("parks") a running instance with nothing in flight and no
@@ -35,7 +32,6 @@ one background task for all instances: ``LOG_MAX_BYTES`` per file, ``LOG_KEEP`` 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import hashlib
 import os
