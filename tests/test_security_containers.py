@@ -520,8 +520,9 @@ class OutsideHost:
                 f"socketserver.TCPServer.allow_reuse_address=True\n"
                 f"socketserver.TCPServer(('{self.ip}',8000),H).serve_forever()\n")
         try:
+            # A session of its own: killing it ends the server too, not only `timeout`.
             self.server = subprocess.Popen(["timeout", "300", "ip", "netns", "exec", self.ns, sys.executable, "-c",
-                                            code])
+                                            code], start_new_session=True)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 probe = subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-c",
@@ -537,7 +538,10 @@ class OutsideHost:
 
     def __exit__(self, *exc) -> None:
         if self.server is not None:
-            self.server.kill()
+            try:
+                os.killpg(self.server.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.server.wait(10)
         subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
