@@ -219,7 +219,7 @@ def npm_dependencies(ctx: BuildContext) -> Path | None:
             ctx=ctx,
             cwd=dest,
             env=env,
-            read_only=[p for p in (node_root,) if p is not None],
+            read_only=[ctx.tree, *(p for p in (node_root,) if p is not None)],  # local packages of its own
             read_write=[dest, npm_cache],
         )
         (dest / "node_modules").mkdir(exist_ok=True)
@@ -283,7 +283,7 @@ def python_venv(ctx: BuildContext) -> Path | None:
         run_step(
             "creating the virtual environment",
             [sys.executable, "-m", "venv", "--without-pip", str(venv)],
-            ctx=ctx, cwd=dest, env=env, read_only=roots, read_write=[dest],
+            ctx=ctx, cwd=dest, env=env, read_only=[*roots, ctx.tree], read_write=[dest],
         )  # fmt: skip
         run_step(
             "pip install -r requirements.txt",
@@ -292,7 +292,7 @@ def python_venv(ctx: BuildContext) -> Path | None:
                 "--no-input", "--disable-pip-version-check", "--progress-bar", "off",
                 "-r", str(dest / "requirements.txt"),
             ],
-            ctx=ctx, cwd=dest, env=env, read_only=roots, read_write=[dest],
+            ctx=ctx, cwd=dest, env=env, read_only=[*roots, ctx.tree], read_write=[dest],
         )  # fmt: skip
         # The shim finds its server (granian) in the daemon's environment through
         # TEE_DAEMON_SITE: the daemon never writes into a folder the build wrote.

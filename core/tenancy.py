@@ -70,7 +70,10 @@ class Tenancy:
         self.volumes = "disk" not in self.unenforced
         if self.volumes:
             self.store.before_removing = volume.release
-        if s.project_network == "isolated" and s.project_egress == "allow" and "egress" not in self.unenforced:
+        # Builds of isolated projects always go out through it (they fetch dependencies,
+        # never through the host's network, where the daemon's port is); running projects
+        # only with TEE_DAEMON_PROJECT_EGRESS=allow (process.configure).
+        if s.project_network == "isolated" and "egress" not in self.unenforced:
             self.egress = egress.Egress(self.key)
         sandbox.configure(data_root=s.data_dir, egress=self.egress, cgroups=self.cgroups)
 
@@ -166,12 +169,10 @@ def problems(settings: Settings) -> dict[str, str]:
         found["limits"] = f"memory, cpu and pids limits cannot be applied: {support}"
     if (reason := volume.probe()) is not None:
         found["disk"] = f"the disk limit cannot be applied: {reason}"
-    if settings.project_network == "isolated" and settings.project_egress == "allow":
-        if (reason := egress.probe()) is not None:
-            found["egress"] = (
-                f"isolated projects cannot be given outbound access here ({reason}); "
-                "TEE_DAEMON_PROJECT_EGRESS=deny runs them without it"
-            )
+    if settings.project_network == "isolated" and (reason := egress.probe()) is not None:
+        found["egress"] = (
+            f"isolated projects and their builds cannot be given outbound access without the host here ({reason})"
+        )
     return found
 
 
