@@ -222,7 +222,10 @@ def npm_dependencies(ctx: BuildContext) -> Path | None:
             read_only=[ctx.tree, *(p for p in (node_root,) if p is not None)],  # local packages of its own
             read_write=[dest, npm_cache],
         )
-        (dest / "node_modules").mkdir(exist_ok=True)
+        modules = dest / "node_modules"  # Written by the build (the project's code): check, never follow.
+        if modules.is_symlink() or (modules.exists() and not modules.is_dir()):
+            raise DeployFailed("npm left node_modules as something other than a folder")
+        modules.mkdir(exist_ok=True)
 
     return _cached_install(ctx, key, "npm", install)
 
