@@ -266,7 +266,9 @@ def seccomp_program() -> bytes | None:
 # -- building the bwrap command --------------------------------------------------------
 
 
-def _system_binds() -> list[str]:
+@functools.cache
+def _system_binds() -> tuple[str, ...]:
+    """The host's system folders, read-only (looked up once: they do not change)."""
     args: list[str] = []
     for folder in _SYSTEM_DIRS:
         if os.path.islink(folder):
@@ -278,7 +280,7 @@ def _system_binds() -> list[str]:
     for item in _SYSTEM_ETC:
         if os.path.exists(item):
             args += ["--ro-bind", item, item]
-    return args
+    return tuple(args)
 
 
 def _checked(path: Path) -> str | None:
