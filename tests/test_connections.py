@@ -195,7 +195,6 @@ def test_clients_that_do_not_read_cost_a_bounded_buffer(daemon, name):
     # Measured from the same base: what the first hundred left with the allocator counts
     # once, not per round.
     assert peak2 - held < 100 * 1024, f"the second hundred cost {(peak2 - held) // 1024} MiB"
-    assert peak2 < peak + 32 * 1024, f"the second hundred grew the daemon to {peak2 // 1024} MiB (first: {peak // 1024})"
     assert held2 < peak + 16 * 1024, (
         f"held {held // 1024} MiB after the first hundred (peak {peak // 1024}), {held2 // 1024} after the second"
     )
