@@ -232,7 +232,7 @@ class Daemon:
         env["TEE_DAEMON_TOKEN"] = TOKEN
         env.update(env_extra or {})
         cmd = [
-            sys.executable, "-m", "tee_daemon.cli", "serve", "--port", str(self.port),
+            sys.executable, "-m", "tee_daemon.cli.commands", "serve", "--port", str(self.port),
             "--data-dir", str(self.data), "--allow-insecure-sources",
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -6,16 +6,18 @@ import asyncio
 import logging
 from pathlib import Path
 
-from . import __version__, process
-from .auth import load_or_create_token
-from .deploy import Deployer
-from .journal import Journal
-from .registry import Registry
-from .routing import Ingress
-from .runtime import ASGIApp
+from tee_daemon import __version__
+
+from tee_daemon.run import process
+from tee_daemon.web.auth import load_or_create_token
+from tee_daemon.state.deploy import Deployer
+from tee_daemon.state.journal import Journal
+from tee_daemon.kernel.registry import Registry
+from tee_daemon.web.ingress import Ingress
+from tee_daemon.kernel.contract import ASGIApp
 from .settings import Settings
-from .store import Store
-from .tenancy import Tenancy
+from tee_daemon.state.store import Store
+from tee_daemon.run.tenancy import Tenancy
 
 log = logging.getLogger("tee_daemon")
 # One INFO line per guest-agent call would drown the daemon's own log.
@@ -39,8 +41,8 @@ class Daemon:
         self.journal: Journal | None = None
 
     def attach(self, api: ASGIApp) -> Ingress:
-        from . import proxy
-        from .accesslog import AccessLog
+        from tee_daemon.proxy import forward as proxy
+        from tee_daemon.web.accesslog import AccessLog
 
         proxy.configure(self.settings.max_request_body, self.settings.trusted_proxies)
         process.configure(
@@ -50,7 +52,7 @@ class Daemon:
             egress=self.settings.project_egress == "allow",
         )
         self.tenancy.start()
-        from .origins import Origins
+        from tee_daemon.web.origins import Origins
 
         self.ingress = Ingress(
             api, access_log=AccessLog(self.settings.data_dir / "logs" / "access.log"), origins=Origins(self.settings)
@@ -69,7 +71,7 @@ class Daemon:
 
     async def _start_tee(self) -> None:
         """The TEE (dstack agent, else the built-in simulator) and the checked log."""
-        from .tee import connect_tee
+        from tee_daemon.trust.tee import connect_tee
 
         error = None
         try:

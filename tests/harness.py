@@ -46,7 +46,7 @@ class DaemonProcess:
         if self.token:
             env["TEE_DAEMON_TOKEN"] = self.token
         cmd = [
-            sys.executable, "-m", "tee_daemon.cli", "serve",
+            sys.executable, "-m", "tee_daemon.cli.commands", "serve",
             "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra_args,
         ]  # fmt: skip
         self.log = open(self.log_path, "ab")
@@ -80,7 +80,7 @@ class DaemonProcess:
         # A killed daemon leaves its projects' volumes mounted, its cgroups and firewall
         # chains in place (a restart reuses them): remove them, the test may not restart it.
         if sig == signal.SIGKILL:
-            from tee_daemon.tenancy import remove_leftovers
+            from tee_daemon.run.tenancy import remove_leftovers
 
             remove_leftovers(self.data_dir.resolve())
 

@@ -1,6 +1,6 @@
 """A granian app for tests/test_proxy.py and bench: core's Ingress with routes set
 from the environment (`PROXY_ROUTES=name=host:port,name2=/path/to.sock`), each served
-by `tee_daemon.proxy.proxy_to`, without runtime plugins."""
+by `tee_daemon.proxy.forward.proxy_to`, without runtime plugins."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import os
 
 from pathlib import Path
 
-from tee_daemon.accesslog import AccessLog
-from tee_daemon.proxy import proxy_to
-from tee_daemon.routing import Ingress, Route
-from tee_daemon.runtime import Instance
+from tee_daemon.web.accesslog import AccessLog
+from tee_daemon.proxy.forward import proxy_to
+from tee_daemon.web.ingress import Ingress, Route
+from tee_daemon.kernel.contract import Instance
 
 
 class _Nothing(Instance):

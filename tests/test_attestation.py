@@ -15,12 +15,12 @@ import httpx
 import pytest
 from dstack_sdk import DstackClient
 
-from tee_daemon.binding import parse_preimage, report_data
-from tee_daemon.checkpoint import verify_checkpoint
-from tee_daemon.merkle import leaf_hash, verify_consistency, verify_inclusion
-from tee_daemon.quote import quote_report_data
-from tee_daemon.tee import Tee
-from tee_daemon.tee_simulator import TeeSimulator
+from tee_daemon.trust.binding import parse_preimage, report_data
+from tee_daemon.trust.checkpoint import verify_checkpoint
+from tee_daemon.trust.merkle import leaf_hash, verify_consistency, verify_inclusion
+from tee_daemon.trust.quote import quote_report_data
+from tee_daemon.trust.tee import Tee
+from tee_daemon.trust.simulator import TeeSimulator
 
 SITE = {"index.html": "<h1>one</h1>"}
 LOG = Path("translog") / "log.jsonl"

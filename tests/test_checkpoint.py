@@ -6,8 +6,8 @@ import base64
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tee_daemon.checkpoint import checkpoint_body, public_key_hex, sign_checkpoint, verify_checkpoint
-from tee_daemon.merkle import EMPTY_ROOT
+from tee_daemon.trust.checkpoint import checkpoint_body, public_key_hex, sign_checkpoint, verify_checkpoint
+from tee_daemon.trust.merkle import EMPTY_ROOT
 
 ROOT = bytes.fromhex("5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328")
 

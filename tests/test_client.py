@@ -203,7 +203,7 @@ def test_clear_errors_and_exit_codes(daemon, name, tmp_path):
 
 
 def test_pattern_matcher_without_git(tmp_path):
-    from tee_daemon.client import _PatternIgnore
+    from tee_daemon.cli.client import _PatternIgnore
 
     write(tmp_path, {".gitignore": "# comment\n*.pyc\n/top-only\nnode_modules/\n!keep.pyc\ndocs/**/*.tmp\n"})
     m = _PatternIgnore(tmp_path)

@@ -136,7 +136,7 @@ def test_silent_connection_is_closed_after_the_header_timeout(quick):
 
 
 def test_idle_keepalive_connection_is_closed(quick):
-    from tee_daemon.connguard import keepalive_timeout
+    from tee_daemon.web.connguard import keepalive_timeout
 
     # hyper's one timer bounds the head and the wait for the next request: at most 60 s.
     assert keepalive_timeout(10) == 10 and keepalive_timeout(600) == 60
@@ -203,7 +203,7 @@ def test_clients_that_do_not_read_cost_a_bounded_buffer(daemon, name):
 def test_second_daemon_on_a_used_port_exits_with_a_clear_error(daemon, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEE_DAEMON_")}
     env["TEE_DAEMON_TOKEN"] = TOKEN
-    cmd = [sys.executable, "-m", "tee_daemon.cli", "serve", "--port", str(daemon.port), "--data-dir", str(tmp_path / "other")]
+    cmd = [sys.executable, "-m", "tee_daemon.cli.commands", "serve", "--port", str(daemon.port), "--data-dir", str(tmp_path / "other")]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=30)

@@ -20,8 +20,8 @@ from docker_engine import (
     run_container,
 )
 from harness import REPO
-from tee_daemon import docker_backend as db
-from tee_daemon.errors import DeployFailed, UserError
+from tee_daemon.run import containers as db
+from tee_daemon.kernel.errors import DeployFailed, UserError
 
 
 def test_config_defaults_and_environment() -> None:

@@ -1,4 +1,4 @@
-"""Egress for sandboxed namespaces (core/egress.py, SPEC section 9): a project reaches the
+"""Egress for sandboxed namespaces (core/run/egress.py, SPEC section 9): a project reaches the
 outside through NAT and nothing of the host's, nor another project.
 
 "The outside" is a test host of the test's own: a network namespace joined to the host by
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tee_daemon import egress
+from tee_daemon.run import egress
 
 REASON = egress.probe()
 if REASON:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tee_daemon import eventlog
-from tee_daemon import verify as v
+from tee_daemon.trust import eventlog
+from tee_daemon.cli import verify as v
 
 FIX = Path(__file__).parent / "fixtures"
 NONCE = "ab" * 16

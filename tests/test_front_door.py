@@ -125,8 +125,8 @@ def test_nested_long_folder_names_are_refused_with_a_reason(daemon, name):
 
 
 def test_tree_hash_of_a_path_past_the_system_limit_is_a_source_error(tmp_path: Path):
-    from tee_daemon.errors import SourceError
-    from tee_daemon.treehash import tree_ids
+    from tee_daemon.kernel.errors import SourceError
+    from tee_daemon.trust.treehash import tree_ids
 
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -212,7 +212,7 @@ def test_head_answers_like_get_without_a_body(daemon, name):
 
 def test_html_pages_send_one_charset(daemon, name):
     _attested(daemon, name)
-    from tee_daemon.viewer import asset_url
+    from tee_daemon.web.viewer import asset_url
 
     for path, headers in [
         ("/", HTML),

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from gitserver import git, make_repo, serve_git
 
-from tee_daemon import gitsource
-from tee_daemon.errors import SourceError
-from tee_daemon.gitsource import fetch_git, redact
-from tee_daemon.treehash import tree_ids
+from tee_daemon.state import gitsource
+from tee_daemon.kernel.errors import SourceError
+from tee_daemon.state.gitsource import fetch_git, redact
+from tee_daemon.trust.treehash import tree_ids
 
 FILES = {
     "README.md": "# demo\n",

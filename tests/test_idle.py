@@ -187,8 +187,8 @@ def test_stop_during_a_cold_start_answers_503_and_leaves_no_process(tmp_path, mo
     import asyncio
     import sys
 
-    from tee_daemon import process
-    from tee_daemon.identity import Identity
+    from tee_daemon.run import process
+    from tee_daemon.run.identity import Identity
 
     monkeypatch.setattr(process, "_idle_stop", 0.2)
     monkeypatch.setattr(process, "_wake_timeout", 20.0)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tee_daemon import limits
-from tee_daemon.limits import Cgroups, Limits, Unit
+from tee_daemon.run import limits
+from tee_daemon.run.limits import Cgroups, Limits, Unit
 
 SUPPORT = limits.probe()
 if isinstance(SUPPORT, str):
@@ -242,7 +242,7 @@ UNIFIED = Path("/sys/fs/cgroup/unified")
 V2_SCRIPT = """
 import json, os, subprocess, functools, sys
 from pathlib import Path
-from tee_daemon import limits
+from tee_daemon.run import limits
 
 top = Path(sys.argv[1])
 (top / "cgroup.procs").write_text("0")  # this process is "the daemon", in its own group

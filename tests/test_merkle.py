@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tee_daemon import merkle
-from tee_daemon.merkle import MerkleTree
+from tee_daemon.trust import merkle
+from tee_daemon.trust.merkle import MerkleTree
 
 # The 8-leaf reference tree every certificate-transparency implementation tests against
 # (google/certificate-transparency, transparency-dev/merkle testonly + proof tests).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 
-from tee_daemon.metrics import BUCKETS, Metrics, instance_rss
+from tee_daemon.web.metrics import BUCKETS, Metrics, instance_rss
 
 SITE = {"index.html": "<h1>hi</h1>"}
 

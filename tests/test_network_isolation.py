@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tee_daemon import process
+from tee_daemon.run import process
 from test_runtimes import ENV, SAMPLES, app_files, deploy_ok
 
 ISOLATED = {"TEE_DAEMON_PROJECT_NETWORK": "isolated"}

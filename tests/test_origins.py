@@ -197,11 +197,11 @@ def test_base_domain_cli_and_viewer_give_each_projects_url(based, tmp_path):
         (["ls"], url),
     ):
         result = subprocess.run(
-            [sys.executable, "-m", "tee_daemon.cli", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "tee_daemon.cli.commands", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
         )
         assert url in result.stdout, (args, result.stdout, result.stderr)
     as_json = subprocess.run(
-        [sys.executable, "-m", "tee_daemon.cli", "ls", "--json"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "tee_daemon.cli.commands", "ls", "--json"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
     )
     if as_json.returncode == 0:
         assert url in json.dumps(json.loads(as_json.stdout))

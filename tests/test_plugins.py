@@ -11,10 +11,10 @@ import pytest
 
 from harness import DaemonProcess
 
-from tee_daemon import hookspecs
-from tee_daemon.errors import UserError
-from tee_daemon.registry import PluginCollision, Registry
-from tee_daemon.runtime import Detection, RuntimeInfo
+from tee_daemon.kernel import hookspecs
+from tee_daemon.kernel.errors import UserError
+from tee_daemon.kernel.registry import PluginCollision, Registry
+from tee_daemon.kernel.contract import Detection, RuntimeInfo
 
 THIRDPARTY = Path(__file__).parent / "thirdparty"
 

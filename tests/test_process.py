@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tee_daemon import process
-from tee_daemon.errors import DeployFailed
-from tee_daemon.identity import Identity
+from tee_daemon.run import process
+from tee_daemon.kernel.errors import DeployFailed
+from tee_daemon.run.identity import Identity
 
 SERVER = """
 import os, socket, sys, time, json

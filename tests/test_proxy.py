@@ -1,4 +1,4 @@
-"""The streaming reverse proxy (`tee_daemon.proxy`) over real HTTP.
+"""The streaming reverse proxy (`tee_daemon.proxy.forward`) over real HTTP.
 
 granian serves core's `Ingress` with routes to `proxy_to(...)` (tests/proxy_app.py)
 in front of a Deno server (tests/proxy_upstream/server.ts) on a port and on a unix

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tee_daemon import proxy
+from tee_daemon.proxy import forward as proxy
 
 
 def test_crlf_and_bare_lf_heads_parse_alike():

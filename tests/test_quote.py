@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tee_daemon import binding
-from tee_daemon.quote import REPORT_DATA_OFFSET, quote_report_data, verify_quote
+from tee_daemon.trust import binding
+from tee_daemon.trust.quote import REPORT_DATA_OFFSET, quote_report_data, verify_quote
 
 FIX = Path(__file__).parent / "fixtures" / "tdx"
 QUOTE = (FIX / "tdx_quote").read_bytes()

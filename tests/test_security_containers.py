@@ -280,7 +280,7 @@ def hostile(sdaemon: DaemonProcess, engine) -> str:
 
 
 def test_container_limits_come_from_the_project_settings() -> None:
-    from tee_daemon import docker_backend as db
+    from tee_daemon.run import containers as db
 
     cfg = db.config(LIMITS)
     assert (cfg.memory, cfg.cpus, cfg.pids, cfg.tmpfs_size, cfg.build_memory) == ("48m", 0.5, 32, "16m", "48m")
@@ -300,8 +300,8 @@ def test_container_limits_come_from_the_project_settings() -> None:
 
 
 def test_a_container_never_runs_as_root_nor_binds_the_engine_socket(tmp_path: Path) -> None:
-    from tee_daemon import docker_backend as db
-    from tee_daemon.errors import DeployFailed
+    from tee_daemon.run import containers as db
+    from tee_daemon.kernel.errors import DeployFailed
 
     projects = tmp_path / "projects"
     first = db.container_identity("a", projects)

@@ -21,9 +21,9 @@ import pytest
 
 from gitserver import make_repo, serve_git
 from harness import DaemonProcess
-from tee_daemon import gitsource
-from tee_daemon.deploy import GIT_FETCH_CONCURRENCY
-from tee_daemon.errors import SourceError
+from tee_daemon.state import gitsource
+from tee_daemon.state.deploy import GIT_FETCH_CONCURRENCY
+from tee_daemon.kernel.errors import SourceError
 
 MAX_FILES = 50
 MAX_BYTES = 2**20

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tee_daemon.errors import SourceError
-from tee_daemon.tarball import extract_tarball
+from tee_daemon.kernel.errors import SourceError
+from tee_daemon.state.tarball import extract_tarball
 
 
 def member(

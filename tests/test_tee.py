@@ -11,10 +11,10 @@ import dcap_qvl
 import pytest
 from dstack_sdk import DstackClient
 
-from tee_daemon import tee as tee_mod
-from tee_daemon.checkpoint import public_key_hex, sign_checkpoint, verify_checkpoint
-from tee_daemon.quote import verify_quote
-from tee_daemon.tee_simulator import TeeSimulator, replay_rtmr
+from tee_daemon.trust import tee as tee_mod
+from tee_daemon.trust.checkpoint import public_key_hex, sign_checkpoint, verify_checkpoint
+from tee_daemon.trust.quote import verify_quote
+from tee_daemon.trust.simulator import TeeSimulator, replay_rtmr
 
 RD = bytes(range(64))
 
@@ -139,9 +139,9 @@ def test_bad_requests_are_4xx(tmp_path: Path) -> None:
 
 def test_end_to_end_binding(tmp_path: Path, no_agent: None) -> None:
     """Log -> signed checkpoint -> preimage -> quote: what a verifier recomputes, holds."""
-    from tee_daemon import binding, merkle
-    from tee_daemon.quote import quote_report_data
-    from tee_daemon.translog import TransparencyLog
+    from tee_daemon.trust import binding, merkle
+    from tee_daemon.trust.quote import quote_report_data
+    from tee_daemon.trust.translog import TransparencyLog
 
     log = TransparencyLog(tmp_path / "log.jsonl").open()
     entry = log.append({

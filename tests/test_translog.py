@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tee_daemon import merkle
-from tee_daemon.canonical import canonical_json
-from tee_daemon.translog import LEAF_FIELDS, LogDamaged, TransparencyLog
+from tee_daemon.trust import merkle
+from tee_daemon.trust.canonical import canonical_json
+from tee_daemon.trust.translog import LEAF_FIELDS, LogDamaged, TransparencyLog
 
 
 def event(n: int, action: str = "deploy") -> dict:

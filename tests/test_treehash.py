@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tee_daemon.treehash import TreeIds, tree_ids
+from tee_daemon.trust.treehash import TreeIds, tree_ids
 
 GIT_ENV = {
     "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

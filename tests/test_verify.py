@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tee_daemon import verify as v
-from tee_daemon.canonical import canonical_json
+from tee_daemon.cli import verify as v
+from tee_daemon.trust.canonical import canonical_json
 
 FIX = Path(__file__).parent / "fixtures" / "tdx"
 GENUINE_QUOTE = (FIX / "tdx_quote").read_bytes()
@@ -28,7 +28,7 @@ NONCE = "5eed" * 8
 def cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
     env = {"XDG_CACHE_HOME": str(cache), "PATH": "/usr/bin:/bin"}
     return subprocess.run(
-        [sys.executable, "-m", "tee_daemon.cli", "verify", *args],
+        [sys.executable, "-m", "tee_daemon.cli.commands", "verify", *args],
         capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
 

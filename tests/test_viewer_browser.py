@@ -127,7 +127,7 @@ def test_viewer_lists_attested_projects_with_hostile_values_as_text(daemon, cont
 
 
 def test_viewer_source_links_for_github_like_urls():
-    from tee_daemon.viewer import source_link
+    from tee_daemon.web.viewer import source_link
 
     c = "a" * 40
     assert source_link("https://github.com/o/r.git", c) == f"https://github.com/o/r/tree/{c}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tee_daemon import volume
+from tee_daemon.run import volume
 
 WHY_NOT = volume.probe()
 if WHY_NOT is not None:

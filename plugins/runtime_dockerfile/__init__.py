@@ -5,7 +5,7 @@ reaches it on a loopback port the engine publishes (or, with egress deny, at its
 the project's internal network) and proxies `/<name>/...` to it. It runs as the project's
 own unprivileged uid:gid, never as the image's USER, hardened as `docker_backend` says.
 Works whenever a Docker engine is reachable (DOCKER_HOST), whatever the default backend;
-without one a deploy answers a clear 4xx. Engine work lives in `tee_daemon.docker_backend`.
+without one a deploy answers a clear 4xx. Engine work lives in `tee_daemon.run.containers`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tee_daemon import docker_backend as db
-from tee_daemon.errors import DeployFailed
-from tee_daemon.hookspecs import hookimpl
-from tee_daemon.runtime import BuildContext, Detection, Instance, RuntimeInfo, StartContext
+from tee_daemon.run import containers as db
+from tee_daemon.kernel.errors import DeployFailed
+from tee_daemon.kernel.hookspecs import hookimpl
+from tee_daemon.kernel.contract import BuildContext, Detection, Instance, RuntimeInfo, StartContext
 
 NAME = "dockerfile"
 IMAGE_FILE = "image.json"

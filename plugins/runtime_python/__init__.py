@@ -16,11 +16,11 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from tee_daemon import deps, launch, toolchain
-from tee_daemon.errors import DeployFailed
-from tee_daemon.hookspecs import hookimpl
-from tee_daemon.process import python_roots
-from tee_daemon.runtime import BuildContext, Detection, Instance, RuntimeInfo, StartContext
+from tee_daemon.run import deps, launch, toolchain
+from tee_daemon.kernel.errors import DeployFailed
+from tee_daemon.kernel.hookspecs import hookimpl
+from tee_daemon.run.process import python_roots
+from tee_daemon.kernel.contract import BuildContext, Detection, Instance, RuntimeInfo, StartContext
 
 HERE = Path(__file__).resolve().parent
 NAME = "python"

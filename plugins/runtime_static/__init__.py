@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tee_daemon.hookspecs import hookimpl
-from tee_daemon.runtime import Detection, Instance, RuntimeInfo, StartContext
+from tee_daemon.kernel.hookspecs import hookimpl
+from tee_daemon.kernel.contract import Detection, Instance, RuntimeInfo, StartContext
 
 from .files import StaticFiles
 

@@ -1,5 +1,5 @@
-from tee_daemon.hookspecs import hookimpl
-from tee_daemon.runtime import RuntimeInfo
+from tee_daemon.kernel.hookspecs import hookimpl
+from tee_daemon.kernel.contract import RuntimeInfo
 
 
 @hookimpl

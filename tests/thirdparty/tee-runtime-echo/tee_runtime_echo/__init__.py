@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from tee_daemon.hookspecs import hookimpl
-from tee_daemon.runtime import Detection, Instance, RuntimeInfo
+from tee_daemon.kernel.hookspecs import hookimpl
+from tee_daemon.kernel.contract import Detection, Instance, RuntimeInfo
 
 
 class EchoInstance(Instance):

@@ -1,0 +1,1 @@
+"""The command line: commands, the API client and the verifier."""

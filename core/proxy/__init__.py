@@ -1,0 +1,1 @@
+"""Forwarding HTTP and WebSocket traffic from the front door to a project's process."""

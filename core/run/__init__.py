@@ -1,0 +1,1 @@
+"""Running projects: launch plans, the sandbox, processes and supervision, limits, volumes, egress, identities, containers."""

@@ -1,0 +1,62 @@
+"""Per-project host identities: every project runs (and builds) as a uid and gid of its
+own, never 0 and never shared with another project (SPEC section 9).
+
+The daemon allocates them from a range of its own, records them in
+``<data-dir>/identities.json`` (atomically, before any process uses them) and keeps
+them across restarts. A number is never handed out twice, even after a delete: files a
+deleted project left behind anywhere can never become another project's.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import msgspec
+
+from tee_daemon.state.store import atomic_write
+
+FIRST_ID = 200_000  # Far above the ids a distribution gives to users and services.
+LAST_ID = 2**31 - 2
+FILE = "identities.json"
+
+
+class Identity(msgspec.Struct, frozen=True):
+    """A project's host uid and gid (equal numbers: one group per project)."""
+
+    uid: int
+    gid: int
+
+
+class _Records(msgspec.Struct):
+    next_id: int = FIRST_ID
+    projects: dict[str, int] = {}
+
+
+class Identities:
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / FILE
+        self._lock = threading.Lock()
+        if self.path.exists():
+            self._records = msgspec.json.decode(self.path.read_bytes(), type=_Records)
+        else:
+            self._records = _Records()
+
+    def of(self, project: str) -> Identity:
+        """The project's identity, allocated (and recorded) on first use."""
+        with self._lock:
+            number = self._records.projects.get(project)
+            if number is None:
+                number = self._records.next_id
+                if number > LAST_ID:
+                    raise RuntimeError("the daemon has used up its range of project identities")
+                self._records.projects[project] = number
+                self._records.next_id = number + 1
+                atomic_write(self.path, msgspec.json.encode(self._records), mode=0o600)
+            return Identity(uid=number, gid=number)
+
+    def forget(self, project: str) -> None:
+        """Drop a deleted project's entry; its number stays used (never reassigned)."""
+        with self._lock:
+            if self._records.projects.pop(project, None) is not None:
+                atomic_write(self.path, msgspec.json.encode(self._records), mode=0o600)

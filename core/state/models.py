@@ -1,0 +1,159 @@
+"""The records that cross boundaries: deploy requests, versions, projects.
+
+Stored records are msgspec Structs encoded as JSON under the data dir; the public
+manifest is computed from them and never includes secret values.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import msgspec
+
+from tee_daemon.trust.canonical import canonical_json, sha256_hex
+from tee_daemon.kernel.errors import UserError
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_ENV_ENTRIES = 256
+MAX_ENV_VALUE = 64 * 1024
+
+
+class DeployRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What an author asks for (JSON body, or the multipart `manifest` part)."""
+
+    name: str
+    source: str | None = None
+    ref: str | None = None
+    runtime: str | None = None
+    entry: str | None = None
+    env: dict[str, str] | None = None
+    secrets: dict[str, str] | None = None
+    # Accepted only so that asking for "attested" gets a clear refusal, not a 400
+    # about an unknown field: only promote makes a project attested.
+    mode: str | None = None
+
+
+class Version(msgspec.Struct, frozen=True, kw_only=True):
+    """One immutable deployed version of a project."""
+
+    version: int
+    source: str
+    ref: str | None
+    commit: str | None
+    runtime: str
+    entry: str | None
+    env: dict[str, str]
+    secrets: dict[str, str]
+    tree_sha1: str
+    tree_sha256: str
+    created_at: float
+    # The env the API asked for, kept apart so a redeploy can re-merge project.json.
+    api_env: dict[str, str] = {}
+    # The git URL as given, when it carries credentials (user:token@): private like a
+    # secret, used only to fetch again. `source` is the same URL without them.
+    fetch_url: str | None = None
+
+    @property
+    def secret_names(self) -> list[str]:
+        return sorted(self.secrets)
+
+    def attested_fields(self, name: str) -> dict:
+        """Exactly the fields that decide what runs (SPEC section 5)."""
+        return {
+            "name": name,
+            "runtime": self.runtime,
+            "entry": self.entry,
+            "env": self.env,
+            "secret_names": self.secret_names,
+            "source": self.source,
+            "ref": self.ref,
+            "commit": self.commit,
+            "tree_sha1": self.tree_sha1,
+            "tree_sha256": self.tree_sha256,
+        }
+
+    def manifest_sha256(self, name: str) -> str:
+        return sha256_hex(canonical_json(self.attested_fields(name)))
+
+
+class Project(msgspec.Struct, frozen=True, kw_only=True):
+    """A project and its kept versions; `current` is the one that serves."""
+
+    name: str
+    mode: str = "dev"
+    current: int
+    versions: list[Version]
+    created_at: float
+    promoted_at: float | None = None
+    last_changed_at: float | None = None
+
+    def version(self, number: int) -> Version | None:
+        return next((v for v in self.versions if v.version == number), None)
+
+    @property
+    def live(self) -> Version:
+        found = self.version(self.current)
+        assert found is not None, "a stored project always references a kept version"
+        return found
+
+    @property
+    def next_version(self) -> int:
+        return max(v.version for v in self.versions) + 1
+
+    def public_manifest(self) -> dict:
+        live = self.live
+        manifest = live.attested_fields(self.name)
+        manifest.update(
+            version=live.version,
+            mode=self.mode,
+            promoted_at=_iso(self.promoted_at),
+            last_changed_at=_iso(self.last_changed_at or live.created_at),
+            manifest_sha256=live.manifest_sha256(self.name),
+        )
+        return manifest
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise UserError(
+            "invalid project name: use 1 to 63 lowercase letters, digits and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_env(env: dict[str, str] | None, what: str) -> dict[str, str]:
+    """Environment names must be portable identifiers and values plain strings."""
+    env = env or {}
+    if len(env) > MAX_ENV_ENTRIES:
+        raise UserError(f"too many {what} entries (at most {MAX_ENV_ENTRIES})")
+    for key, value in env.items():
+        if not ENV_NAME_RE.fullmatch(key):
+            raise UserError(f"invalid {what} name {key!r}: use letters, digits and '_'")
+        if not isinstance(value, str) or "\x00" in value or len(value) > MAX_ENV_VALUE:
+            # Never echo the value: it may be a secret.
+            raise UserError(f"invalid {what} value for {key!r}")
+    return dict(env)
+
+
+def check_entry(entry: str | None) -> str | None:
+    if entry is None:
+        return None
+    parts = entry.split("/")
+    if (
+        not entry
+        or entry.startswith("/")
+        or "\x00" in entry
+        or any(p in ("", ".", "..", ".git") for p in parts)
+        or len(entry) > 512
+    ):
+        raise UserError(f"invalid entry {entry!r}: a relative path inside the project")
+    return entry
