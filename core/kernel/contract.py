@@ -14,12 +14,22 @@ from typing import Any
 
 import msgspec
 
-from tee_daemon.run.identity import Identity
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class Identity(msgspec.Struct, frozen=True):
+    """A project's host uid and gid (equal numbers: one group per project).
+
+    Defined in the kernel because both contexts carry it; `tee_daemon.run.identity`
+    allocates and records the numbers.
+    """
+
+    uid: int
+    gid: int
 
 
 class RuntimeInfo(msgspec.Struct, frozen=True):

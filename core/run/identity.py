@@ -14,18 +14,12 @@ from pathlib import Path
 
 import msgspec
 
+from tee_daemon.kernel.contract import Identity  # the type is the kernel's; re-exported for run/
 from tee_daemon.state.store import atomic_write
 
 FIRST_ID = 200_000  # Far above the ids a distribution gives to users and services.
 LAST_ID = 2**31 - 2
 FILE = "identities.json"
-
-
-class Identity(msgspec.Struct, frozen=True):
-    """A project's host uid and gid (equal numbers: one group per project)."""
-
-    uid: int
-    gid: int
 
 
 class _Records(msgspec.Struct):
