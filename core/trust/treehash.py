@@ -21,6 +21,7 @@ import errno
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,7 +71,13 @@ def tree_ids(root: Path) -> TreeIds:
         ) from None
 
 
-def _tree_ids(root: Path) -> TreeIds:
+# Decides whether an entry is left out: (names of the folders above it, relative to the
+# root; its name; whether it is a folder). Used by depstree for what installers write
+# non-deterministically.
+Skip = Callable[[list[bytes], bytes, bool], bool]
+
+
+def _tree_ids(root: Path, skip: Skip | None = None) -> TreeIds:
     top = _Frame(os.fsencode(root), b"", _listdir(os.fsencode(root)))
     stack = [top]
     while True:
@@ -80,6 +87,8 @@ def _tree_ids(root: Path) -> TreeIds:
             if entry.name.lower() == b".git":
                 continue
             st = entry.stat(follow_symlinks=False)
+            if skip is not None and skip([f.name for f in stack[1:]], entry.name, stat.S_ISDIR(st.st_mode)):
+                continue
             if stat.S_ISDIR(st.st_mode):
                 stack.append(_Frame(entry.path, entry.name, _listdir(entry.path)))
             elif stat.S_ISLNK(st.st_mode):
