@@ -81,11 +81,13 @@ def test_promote_redeploy_rollback_delete_append_entries(daemon, name):
     assert [(e["action"], e["version"]) for e in events] == [("promote", 1), ("deploy", 2), ("rollback", 1)]
     manifest = daemon.get(f"/_api/projects/{name}").json()
     last = events[-1]
-    for k in ("tree_sha1", "tree_sha256", "manifest_sha256", "runtime", "source", "secret_names", "version"):
+    for k in ("tree_sha1", "tree_sha256", "manifest_sha256", "runtime", "source", "secret_names", "version",
+              "toolchain", "lock_sha256", "deps_tree_sha256", "pinned"):
         assert last[k] == manifest[k], k
     assert set(last) == {
         "index", "time", "project", "action", "version", "source", "ref", "commit",
         "tree_sha1", "tree_sha256", "runtime", "manifest_sha256", "secret_names",
+        "toolchain", "lock_sha256", "deps_tree_sha256", "pinned",
     }  # fmt: skip
     check_audit(daemon.get(f"/_api/projects/{name}/audit").json())
 

@@ -27,6 +27,10 @@ def event(n: int, action: str = "deploy") -> dict:
         "runtime": "static",
         "manifest_sha256": f"{n:064x}",
         "secret_names": ["API_KEY"],
+        "toolchain": {"tee-daemon": "0.1.0"},
+        "lock_sha256": None,
+        "deps_tree_sha256": None,
+        "pinned": True,
     }
 
 
@@ -172,3 +176,23 @@ def test_concurrent_appends_are_serialized(tmp_path: Path) -> None:
         t.join()
     again = TransparencyLog(log.path).open()
     assert again.damaged is None and again.size == 16 and again.root() == log.root()
+
+
+def test_a_log_of_an_earlier_release_still_opens_and_grows(tmp_path: Path) -> None:
+    """Lines written before the SPEC 12 fields existed stay valid; new ones carry them."""
+    path = tmp_path / "log.jsonl"
+    old = {k: v for k, v in event(0).items() if k not in ("toolchain", "lock_sha256", "deps_tree_sha256", "pinned")}
+    line = canonical_json({**old, "index": 0})
+    path.write_bytes(line + b"\n")
+    (tmp_path / "log.jsonl.roots").write_bytes(merkle.leaf_hash(line).hex().encode() + b"\n")
+    log = TransparencyLog(path).open()
+    assert log.damaged is None and log.size == 1
+    entry = log.append(event(1))
+    assert set(json.loads(entry.leaf)) == set(LEAF_FIELDS)
+    # Only the complete earlier set is accepted: a line missing just one field is damage.
+    broken = {k: v for k, v in {**event(0), "index": 0}.items() if k != "pinned"}
+    raw = canonical_json(broken)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "log.jsonl").write_bytes(raw + b"\n")
+    (tmp_path / "b" / "log.jsonl.roots").write_bytes(merkle.leaf_hash(raw).hex().encode() + b"\n")
+    assert "fields wrong" in (TransparencyLog(tmp_path / "b" / "log.jsonl").open().damaged or "")

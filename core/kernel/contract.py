@@ -54,6 +54,25 @@ class Detection(msgspec.Struct, frozen=True):
     entry: str | None = None
 
 
+class BuildReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What a build installed, for the attested manifest (SPEC section 12).
+
+    `runtime_build` returns one (or True when it installs nothing worth reporting).
+    `toolchain`: the exact versions of the tools the version runs and installs with
+    (``{"node": "22.1.0", "npm": "10.7.0"}``); core adds the daemon's own.
+    `lock_sha256`: SHA-256 (hex) of the lockfile the install used, or None.
+    `deps_tree_sha256`: `tee_daemon.plugin.deps_tree_sha256` of the installed folder,
+    or None when nothing was installed.
+    `pinned`: True only when every installed dependency is fixed by that lockfile with
+    integrity hashes (a frozen install), or nothing was installed.
+    """
+
+    toolchain: dict[str, str] = {}
+    lock_sha256: str | None = None
+    deps_tree_sha256: str | None = None
+    pinned: bool = False
+
+
 class BuildContext(msgspec.Struct, frozen=True):
     """Everything a build may read or write.
 

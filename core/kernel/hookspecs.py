@@ -28,7 +28,9 @@ from pathlib import Path
 
 import pluggy
 
-from tee_daemon.kernel.contract import ASGIApp, BuildContext, Detection, Instance, RuntimeInfo, StartContext
+from tee_daemon.kernel.contract import (
+    ASGIApp, BuildContext, BuildReport, Detection, Instance, RuntimeInfo, StartContext,
+)  # fmt: skip
 
 PROJECT = "tee_daemon"
 ENTRY_POINT_GROUP = "tee_daemon.runtimes"
@@ -59,12 +61,17 @@ def runtime_detect(tree: Path) -> Detection | None:
 
 
 @hookspec(firstresult=True)
-def runtime_build(runtime: str, ctx: BuildContext) -> bool | None:
+def runtime_build(runtime: str, ctx: BuildContext) -> BuildReport | bool | None:
     """Prepare a version to run: install dependencies, compile, check the entry exists.
 
     Write only under ``ctx.build_dir`` and ``ctx.cache_dir``. Raise
     `tee_daemon.kernel.errors.DeployFailed` with a message for the author when the project
-    cannot be built (the previous version keeps serving). Return True when done.
+    cannot be built (the previous version keeps serving). Return a `BuildReport` saying
+    what was installed (toolchain versions, the lockfile's digest, the installed tree's
+    id, whether the install was frozen by a lockfile): core publishes it in the
+    project's manifest and, for an attested project, in its log entry. Returning True
+    reports only the runtime's version and counts as not pinned (a build that says
+    nothing about what it fetched cannot claim it was fixed by a lockfile).
     """
 
 
@@ -123,6 +130,7 @@ __all__ = [
     "PROJECT",
     "ASGIApp",
     "BuildContext",
+    "BuildReport",
     "Detection",
     "Instance",
     "RuntimeInfo",

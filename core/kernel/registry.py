@@ -15,7 +15,9 @@ import pluggy
 
 from tee_daemon.kernel import hookspecs
 from tee_daemon.kernel.errors import DeployFailed, UserError
-from tee_daemon.kernel.contract import ASGIApp, BuildContext, Detection, Instance, RuntimeInfo, StartContext
+from tee_daemon.kernel.contract import (
+    ASGIApp, BuildContext, BuildReport, Detection, Instance, RuntimeInfo, StartContext,
+)  # fmt: skip
 
 BUILTIN_PLUGINS = (
     "tee_daemon_plugins.runtime_static",
@@ -89,9 +91,16 @@ class Registry:
         # Explicit precedence: highest detect_priority wins; ties by name for stability.
         return max(known, key=lambda d: (self.runtimes[d.runtime].detect_priority, d.runtime))
 
-    def build(self, ctx: BuildContext) -> None:
-        if not self._one("runtime_build", ctx.runtime)(runtime=ctx.runtime, ctx=ctx):
+    def build(self, ctx: BuildContext) -> BuildReport:
+        """The plugin's report of what it installed (SPEC 12); a bare True reports the
+        runtime's version only, not pinned."""
+        answer = self._one("runtime_build", ctx.runtime)(runtime=ctx.runtime, ctx=ctx)
+        if not answer:
             raise DeployFailed(f"runtime {ctx.runtime!r} could not build this project")
+        if isinstance(answer, BuildReport):
+            return answer
+        version = self.runtimes[ctx.runtime].version
+        return BuildReport(toolchain={ctx.runtime: version} if version else {})
 
     def start(self, ctx: StartContext) -> Instance:
         instance = self._one("runtime_start", ctx.runtime)(runtime=ctx.runtime, ctx=ctx)

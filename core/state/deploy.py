@@ -22,13 +22,14 @@ from typing import BinaryIO, Protocol
 
 import msgspec
 
+from tee_daemon import __version__
 from tee_daemon.state import gitsource, tarball
 
 from tee_daemon.trust import treehash
 from tee_daemon.kernel.errors import Conflict, NotFound, UserError
 from tee_daemon.state.models import DeployRequest, Project, Version, check_entry, check_env, check_name
 from tee_daemon.kernel.registry import Registry
-from tee_daemon.web.ingress import Ingress, Route
+from tee_daemon.web.ingress import Route
 from tee_daemon.kernel.contract import BuildContext, StartContext
 from tee_daemon.settings import Settings
 from tee_daemon.state.store import Store
@@ -47,8 +48,9 @@ GIT_FETCH_CONCURRENCY = 16
 _GIT_FETCHES = ThreadPoolExecutor(GIT_FETCH_CONCURRENCY, thread_name_prefix="git-fetch")
 
 
-class Journal(Protocol):
-    """Where version changes of attested projects are recorded (the transparency log)."""
+class ChangeRecorder(Protocol):
+    """Where version changes of attested projects are recorded: the transparency log's
+    `state.journal.Journal` in the daemon."""
 
     def check_writable(self) -> None:
         """Raise a UserError when a change could not be recorded."""
@@ -62,15 +64,15 @@ class Deployer:
         settings: Settings,
         store: Store,
         registry: Registry,
-        ingress: Ingress,
-        journal: Journal | None = None,
+        routes: dict[str, Route],
+        journal: ChangeRecorder | None = None,
         tenancy: Tenancy | None = None,
     ) -> None:
         self.settings = settings
         self.tenancy = tenancy or Tenancy(settings, store)
         self.store = store
         self.registry = registry
-        self.ingress = ingress
+        self.routes = routes  # the front door's live routes: what each name serves
         self.journal = journal
         self.projects: dict[str, Project] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -94,8 +96,8 @@ class Deployer:
         await asyncio.gather(*(restore_one(p) for p in self.projects.values()))
 
     async def shutdown(self) -> None:
-        routes = list(self.ingress.routes.values())
-        self.ingress.routes.clear()
+        routes = list(self.routes.values())
+        self.routes.clear()
         await asyncio.gather(*(r.instance.detach() for r in routes), return_exceptions=True)
         # Replaced instances still draining: stop them now rather than after the drain.
         for task in list(self._retiring):
@@ -179,7 +181,7 @@ class Deployer:
             if project.mode == "attested" and self.journal:
                 self.journal.check_writable()
                 self.journal.record("delete", project)
-            route = self.ingress.routes.pop(name, None)
+            route = self.routes.pop(name, None)
             del self.projects[name]
             if route:
                 await self._stop(route)
@@ -258,8 +260,16 @@ class Deployer:
             version_dir.mkdir(parents=True)
             tree.rename(version_dir / "tree")
             (version_dir / "build").mkdir()
-            await asyncio.to_thread(self.registry.build, self._build_context(name, version))
-            return version
+            report = await asyncio.to_thread(self.registry.build, self._build_context(name, version))
+            # What the build installed is part of the version, so of its manifest and log
+            # entry (SPEC 12); the daemon's own version is one of the tools that run it.
+            return msgspec.structs.replace(
+                version,
+                toolchain={**report.toolchain, "tee-daemon": __version__},
+                lock_sha256=report.lock_sha256,
+                deps_tree_sha256=report.deps_tree_sha256,
+                pinned=report.pinned,
+            )
         except BaseException:
             shutil.rmtree(version_dir, ignore_errors=True)
             raise
@@ -316,8 +326,8 @@ class Deployer:
                 shutil.rmtree(self.store.version_dir(name, version.version), ignore_errors=True)
             raise
         self.projects[name] = project
-        old_route = self.ingress.routes.get(name)
-        self.ingress.routes[name] = new_route
+        old_route = self.routes.get(name)
+        self.routes[name] = new_route
         if old_route is None:
             self.store.prune_versions(project)
         else:
@@ -338,7 +348,7 @@ class Deployer:
             self.store.prune_versions(project, deploying=True)
 
     async def _start_and_switch(self, name: str, version: Version) -> None:
-        self.ingress.routes[name] = await self._start(name, version)
+        self.routes[name] = await self._start(name, version)
 
     async def _start(self, name: str, version: Version) -> Route:
         ctx = self._start_context(name, version)

@@ -54,6 +54,12 @@ class Version(msgspec.Struct, frozen=True, kw_only=True):
     # The git URL as given, when it carries credentials (user:token@): private like a
     # secret, used only to fetch again. `source` is the same URL without them.
     fetch_url: str | None = None
+    # What the build installed and ran it with (SPEC 12), from the runtime's BuildReport.
+    # Versions stored before these fields existed read as unknown and not pinned.
+    toolchain: dict[str, str] = {}
+    lock_sha256: str | None = None
+    deps_tree_sha256: str | None = None
+    pinned: bool = False
 
     @property
     def secret_names(self) -> list[str]:
@@ -72,6 +78,11 @@ class Version(msgspec.Struct, frozen=True, kw_only=True):
             "commit": self.commit,
             "tree_sha1": self.tree_sha1,
             "tree_sha256": self.tree_sha256,
+            # What runs beyond the tree (SPEC 12).
+            "toolchain": self.toolchain,
+            "lock_sha256": self.lock_sha256,
+            "deps_tree_sha256": self.deps_tree_sha256,
+            "pinned": self.pinned,
         }
 
     def manifest_sha256(self, name: str) -> str:

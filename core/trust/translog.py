@@ -31,6 +31,13 @@ from tee_daemon.trust.merkle import MerkleTree, leaf_hash
 LEAF_FIELDS = (
     "index", "time", "project", "action", "version", "source", "ref", "commit",
     "tree_sha1", "tree_sha256", "runtime", "manifest_sha256", "secret_names",
+    # What runs beyond the tree (SPEC 12): toolchain versions, lockfile, installed tree.
+    "toolchain", "lock_sha256", "deps_tree_sha256", "pinned",
+)
+# The leaf fields of earlier releases: lines they wrote stay valid (a log is never
+# rewritten), new lines always carry every field of LEAF_FIELDS.
+EARLIER_LEAF_FIELDS = (
+    frozenset(LEAF_FIELDS[:13]),
 )
 ACTIONS = frozenset({"promote", "deploy", "rollback", "delete"})
 _ROOT_LINE = 65  # 64 hex characters + "\n"
@@ -51,10 +58,12 @@ class LogEntry:
         return json.loads(self.leaf)
 
 
-def make_leaf(event: dict[str, Any]) -> bytes:
-    """Canonical JSON of exactly the SPEC's event fields; ValueError on anything else."""
+def make_leaf(event: dict[str, Any], *, earlier: bool = False) -> bytes:
+    """Canonical JSON of exactly the SPEC's event fields; ValueError on anything else.
+
+    `earlier`: also accept the field set of an earlier release (reading the log back)."""
     keys = set(event)
-    if keys != set(LEAF_FIELDS):
+    if keys != set(LEAF_FIELDS) and not (earlier and keys in EARLIER_LEAF_FIELDS):
         missing = sorted(set(LEAF_FIELDS) - keys)
         extra = sorted(keys - set(LEAF_FIELDS))
         raise ValueError(f"log event fields wrong: missing {missing}, unexpected {extra}")
@@ -124,7 +133,7 @@ class TransparencyLog:
                     " (a line was deleted, duplicated or reordered)"
                 )
             try:
-                canonical = make_leaf(event)
+                canonical = make_leaf(event, earlier=True)
             except ValueError as e:
                 raise LogDamaged(f"line {i + 1} of {self.path.name}: {e}") from None
             if canonical != raw:
