@@ -46,6 +46,7 @@ from tee_daemon.trust.quote import quote_report_data, verify_quote
 MANIFEST_FIELDS = (
     "name", "runtime", "entry", "env", "secret_names", "source", "ref", "commit",
     "tree_sha1", "tree_sha256",
+    "command", "image", "port",  # SPEC 11: null unless the runtime uses them
 )
 MAX_LOG_FETCH = 1_000_000  # entries re-hashed at most; beyond that the check says so
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2

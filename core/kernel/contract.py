@@ -95,6 +95,11 @@ class BuildContext(msgspec.Struct, frozen=True):
     log_path: Path | None = None
     identity: Identity | None = None
     build_timeout: float = 600.0
+    # SPEC 11, for the runtimes that use them (command, image): the manifest's command,
+    # image (with its digest) and port; None otherwise.
+    command: str | None = None
+    image: str | None = None
+    port: int | None = None
 
 
 class StartContext(msgspec.Struct, frozen=True):
@@ -120,6 +125,9 @@ class StartContext(msgspec.Struct, frozen=True):
     backend: str = "process"
     identity: Identity | None = None
     tmp_dir: Path | None = None
+    command: str | None = None  # as in BuildContext
+    image: str | None = None
+    port: int | None = None
 
 
 class Instance(abc.ABC):

@@ -27,7 +27,9 @@ from tee_daemon.state import gitsource, tarball
 
 from tee_daemon.trust import treehash
 from tee_daemon.kernel.errors import Conflict, NotFound, UserError
-from tee_daemon.state.models import DeployRequest, Project, Version, check_entry, check_env, check_name
+from tee_daemon.state.models import (
+    DeployRequest, Project, Version, check_command, check_entry, check_env, check_image, check_name, check_port,
+)  # fmt: skip
 from tee_daemon.kernel.registry import Registry
 from tee_daemon.web.ingress import Route
 from tee_daemon.kernel.contract import BuildContext, StartContext
@@ -38,6 +40,8 @@ from tee_daemon.run.tenancy import Tenancy
 log = logging.getLogger("tee_daemon.state.deploy")
 
 TARBALL_SOURCE = "tarball"
+IMAGE_SOURCE = "image"  # An image runtime deploy without a tree: the image is the source.
+IMAGE_DEFAULT_PORT = 8080  # As the dockerfile runtime's $PORT.
 PROJECT_JSON_MAX = 64 * 1024
 DRAIN_TIMEOUT = 30.0
 RESTORE_CONCURRENCY = 8
@@ -113,6 +117,9 @@ class Deployer:
         env = check_env(request.env, "env")
         secrets = check_env(request.secrets, "secret")
         check_entry(request.entry)
+        check_command(request.command)
+        check_image(request.image)
+        check_port(request.port)
         if request.runtime is not None and request.runtime not in self.registry.runtimes:
             raise UserError(
                 f"unknown runtime {request.runtime!r}; available: {', '.join(sorted(self.registry.runtimes))}"
@@ -130,6 +137,8 @@ class Deployer:
         async with self._locks[name]:
             previous = self._get(name)
             live = previous.live
+            if live.source == IMAGE_SOURCE:
+                raise UserError("redeploy re-fetches a git source; deploy the image again (with its new digest)")
             if live.source == TARBALL_SOURCE:
                 raise UserError("redeploy re-fetches a git source; upload a new tarball instead")
             request = DeployRequest(name=name, source=live.fetch_url or live.source, ref=live.ref)
@@ -230,8 +239,13 @@ class Deployer:
             defaults = _read_project_json(tree)
             runtime = request.runtime or defaults.get("runtime")
             entry = check_entry(request.entry or defaults.get("entry"))
+            command = check_command(request.command or defaults.get("command"))
+            image, port = request.image, request.port
             if template is not None:  # A redeploy keeps the runtime settings it had.
                 runtime, entry = template.runtime, template.entry
+                command, image, port = template.command, template.image, template.port
+            if runtime is None and (image or command):  # SPEC 11: the field names its runtime.
+                runtime = "image" if image else "command"
             if runtime is None:
                 detected = self.registry.detect(tree)
                 runtime, entry = detected.runtime, entry or detected.entry
@@ -240,6 +254,7 @@ class Deployer:
             entry = entry or self.registry.default_entry(runtime)
             if entry is not None and not (tree / entry).is_file():
                 raise UserError(f"entry file {entry!r} is not in the project")
+            port = _check_run_fields(runtime, command, image, port)
             public_source = gitsource.redact(source)  # URL credentials never go public
             version = Version(
                 version=number,
@@ -255,6 +270,9 @@ class Deployer:
                 tree_sha1=ids.sha1,
                 tree_sha256=ids.sha256,
                 created_at=time.time(),
+                command=command,
+                image=image,
+                port=port,
             )
             shutil.rmtree(version_dir, ignore_errors=True)  # Left by a crashed attempt.
             version_dir.mkdir(parents=True)
@@ -285,6 +303,8 @@ class Deployer:
                 raise UserError("give either a git 'source' or uploaded 'files', not both")
             tarball.extract_tarball(upload, tree, max_bytes=s.max_unpacked_bytes, max_files=s.max_files)
             return TARBALL_SOURCE, None, None
+        if not request.source and (request.runtime == "image" or request.image):
+            return IMAGE_SOURCE, None, None  # Nothing to fetch: the image is what runs.
         if not request.source:
             raise UserError("'source' (a git URL) is required, or upload a tarball as multipart 'files'")
         commit = gitsource.fetch_git(
@@ -386,6 +406,9 @@ class Deployer:
             log_path=self.store.logs_dir(name) / "build.log",
             identity=tenant.identity,
             build_timeout=self.settings.build_timeout,
+            command=version.command,
+            image=version.image,
+            port=version.port,
         )
 
     def _start_context(self, name: str, version: Version) -> StartContext:
@@ -407,6 +430,9 @@ class Deployer:
             backend=self.settings.backend,
             identity=tenant.identity,
             tmp_dir=tenant.tmp_dir,
+            command=version.command,
+            image=version.image,
+            port=version.port,
         )
 
 
@@ -435,11 +461,25 @@ def _read_project_json(tree: Path) -> dict:
         raise UserError(f"project.json is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise UserError("project.json must be a JSON object")
-    for key in ("runtime", "entry"):
+    for key in ("runtime", "entry", "command"):
         if key in data and not isinstance(data[key], str):
             raise UserError(f"project.json: '{key}' must be a string")
     if "env" in data and not (
         isinstance(data["env"], dict) and all(isinstance(v, str) for v in data["env"].values())
     ):
         raise UserError("project.json: 'env' must be an object of strings")
-    return {k: data[k] for k in ("runtime", "entry", "env") if k in data}
+    return {k: data[k] for k in ("runtime", "entry", "env", "command") if k in data}
+
+
+def _check_run_fields(runtime: str, command: str | None, image: str | None, port: int | None) -> int | None:
+    """`command` belongs to the command runtime, `image` and `port` to the image runtime
+    (which needs its image); the port the image runtime listens on, else None."""
+    if command is not None and runtime != "command":
+        raise UserError(f"'command' is for the command runtime, not {runtime!r} (leave 'runtime' out, or set it to 'command')")
+    if runtime != "image":
+        if image is not None or port is not None:
+            raise UserError(f"'image' and 'port' are for the image runtime, not {runtime!r}")
+        return None
+    if image is None:
+        raise UserError("the image runtime needs 'image': '<ref>@sha256:<digest>' or an image id 'sha256:<id>'")
+    return port or IMAGE_DEFAULT_PORT

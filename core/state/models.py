@@ -30,6 +30,11 @@ class DeployRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     entry: str | None = None
     env: dict[str, str] | None = None
     secrets: dict[str, str] | None = None
+    # Ordinary apps (SPEC 11): the command runtime's command; the image runtime's image
+    # (with a digest) and the port it listens on.
+    command: str | None = None
+    image: str | None = None
+    port: int | None = None
     # Accepted only so that asking for "attested" gets a clear refusal, not a 400
     # about an unknown field: only promote makes a project attested.
     mode: str | None = None
@@ -54,6 +59,10 @@ class Version(msgspec.Struct, frozen=True, kw_only=True):
     # The git URL as given, when it carries credentials (user:token@): private like a
     # secret, used only to fetch again. `source` is the same URL without them.
     fetch_url: str | None = None
+    # SPEC 11: what runs when the tree does not say it alone (None for other runtimes).
+    command: str | None = None
+    image: str | None = None
+    port: int | None = None
     # What the build installed and ran it with (SPEC 12), from the runtime's BuildReport.
     # Versions stored before these fields existed read as unknown and not pinned.
     toolchain: dict[str, str] = {}
@@ -78,12 +87,18 @@ class Version(msgspec.Struct, frozen=True, kw_only=True):
             "commit": self.commit,
             "tree_sha1": self.tree_sha1,
             "tree_sha256": self.tree_sha256,
+            **self.run_fields(),  # command, image, port (SPEC 11)
             # What runs beyond the tree (SPEC 12).
             "toolchain": self.toolchain,
             "lock_sha256": self.lock_sha256,
             "deps_tree_sha256": self.deps_tree_sha256,
             "pinned": self.pinned,
         }
+
+    def run_fields(self) -> dict:
+        """`command`, `image` and `port` (SPEC 11/12): they decide what runs, so they are
+        attested; null for the runtimes that do not use them."""
+        return {"command": self.command, "image": self.image, "port": self.port}
 
     def manifest_sha256(self, name: str) -> str:
         return sha256_hex(canonical_json(self.attested_fields(name)))
@@ -153,6 +168,41 @@ def check_env(env: dict[str, str] | None, what: str) -> dict[str, str]:
             # Never echo the value: it may be a secret.
             raise UserError(f"invalid {what} value for {key!r}")
     return dict(env)
+
+
+IMAGE_DIGEST_RE = re.compile(r"^(?:[a-z0-9][a-z0-9._/:-]{0,254}@)?sha256:[0-9a-f]{64}$")
+MAX_COMMAND = 4096
+
+
+def check_command(command: str | None, what: str = "command") -> str | None:
+    if command is None:
+        return None
+    if not isinstance(command, str) or not command.strip():
+        raise UserError(f"'{what}' must be a non-empty string (the command line that starts the app)")
+    if len(command) > MAX_COMMAND or "\x00" in command or "\n" in command:
+        raise UserError(f"'{what}' must be one line of at most {MAX_COMMAND} characters")
+    return command.strip()
+
+
+def check_image(image: str | None) -> str | None:
+    """A prebuilt image is named by its digest, the identity that is attested: a registry
+    digest `ref@sha256:<64 hex>` or the engine's image id `sha256:<64 hex>`."""
+    if image is None:
+        return None
+    if not isinstance(image, str) or not IMAGE_DIGEST_RE.fullmatch(image):
+        raise UserError(
+            f"'image' must carry its digest: '<ref>@sha256:<64 hex digits>' or an image id "
+            f"'sha256:<64 hex digits>' (a tag such as {str(image)[:80]!r} can change; the digest is what is attested)"
+        )
+    return image
+
+
+def check_port(port: int | None) -> int | None:
+    if port is None:
+        return None
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise UserError("'port' must be an integer from 1 to 65535 (the port the image listens on)")
+    return port
 
 
 def check_entry(entry: str | None) -> str | None:
