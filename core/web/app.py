@@ -14,7 +14,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from tee_daemon import __version__
 
-from tee_daemon.web import viewer
+from tee_daemon.web import admin, viewer
 from tee_daemon.web.api import ROUTES, daemon_of, is_admin, listing
 from tee_daemon.web.public import ATTEST_ROUTES
 from tee_daemon.daemon import Daemon
@@ -188,7 +188,7 @@ class FrontDoor:
 
 def build_app(daemon: Daemon) -> Ingress:
     api = Litestar(
-        route_handlers=[root, *ROUTES, *viewer.ROUTES, *ATTEST_ROUTES],
+        route_handlers=[root, *ROUTES, *viewer.ROUTES, *ATTEST_ROUTES, *admin.ROUTES],
         on_startup=[daemon.start],  # bound coroutine functions: Litestar awaits them
         on_shutdown=[daemon.stop],
         exception_handlers={

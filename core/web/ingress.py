@@ -1,6 +1,6 @@
 """The front door: every request is either the core API or a project's traffic.
 
-`/` and `/_api/...` go to the Litestar app; `/<name>/...` goes, with the prefix
+`/`, `/_api/...` and the admin dashboard `/_admin/...` go to the Litestar app; `/<name>/...` goes, with the prefix
 stripped, to the ASGI callable of the project's live instance. With a base domain `D`,
 a request for the host `<name>.D` goes whole to that project, and `/<name>/...` on the
 daemon's host answers 308 there. A request for a host that is not the daemon's gets
@@ -17,6 +17,10 @@ from tee_daemon.kernel.errors import error_answer
 from tee_daemon.web.metrics import Metrics
 from tee_daemon.web.origins import DAEMON, OTHER, PROJECT, Origins
 from tee_daemon.kernel.contract import ASGIApp, Instance, Receive, Scope, Send
+
+# The daemon's own paths (no project name starts with "_").
+_DAEMON_PREFIXES = ("/_api/", "/_admin/")
+_DAEMON_PATHS = ("/_api", "/_admin")
 
 
 class Route:
@@ -83,7 +87,7 @@ class Ingress:
             await _json_error(send, scope, 421, origins.refusal(raw_host))
             return
         path: str = scope["path"]
-        if path == "/" or path.startswith("/_api/") or path == "/_api":
+        if path == "/" or path.startswith(_DAEMON_PREFIXES) or path in _DAEMON_PATHS:
             await self.api(scope, receive, send)
             return
         name, slash, rest = path[1:].partition("/")

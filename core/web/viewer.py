@@ -106,8 +106,18 @@ def e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _layout(title: str, body: str, *, scripts: tuple[str, ...] = (), main_attrs: str = "") -> str:
+def _layout(
+    title: str,
+    body: str,
+    *,
+    scripts: tuple[str, ...] = (),
+    styles: tuple[str, ...] = (),
+    main_attrs: str = "",
+    footer: str = "Every value on this page comes from the daemon's public API; check it with <code>tee-daemon verify</code>.",
+) -> str:
+    """A page of the daemon's; `footer` is trusted markup (never a user value)."""
     script_tags = "".join(f'<script src="{asset_url(s)}" defer></script>' for s in scripts)
+    script_tags += "".join(f'<link rel="stylesheet" href="{asset_url(s)}">' for s in styles)
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -135,7 +145,7 @@ def _layout(title: str, body: str, *, scripts: tuple[str, ...] = (), main_attrs:
 </main>
 <footer class="bottom"><div class="wrap">
   <span>tee-daemon {e(__version__)}</span>
-  <span>Every value on this page comes from the daemon's public API; check it with <code>tee-daemon verify</code>.</span>
+  <span>{footer}</span>
 </div></footer>
 </body>
 </html>

@@ -1,0 +1,205 @@
+"""The operator's side: the admin dashboard at `/_admin/`, the kept versions of a
+project, and the live output of a deploy in progress.
+
+The dashboard page is a shell that holds nothing secret and no project data: the
+operator pastes the admin token once (admin.js keeps it in the tab's sessionStorage,
+never in a URL) and the script calls the admin API with `Authorization: Bearer`. It is
+served under the viewer's security headers (CSP without inline script or style, no
+framing) and admin.js builds every value into the page as text, never as markup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from litestar import Request, Response, get
+from litestar.response import Stream
+
+from tee_daemon.kernel.errors import NotFound, UserError
+from tee_daemon.state.models import NAME_RE, _iso
+from tee_daemon.web import viewer
+from tee_daemon.web.api import ADMIN, daemon_of
+
+OUTPUT_POLL = 0.2  # seconds between looks at the log files while following
+CHUNK = 64 * 1024
+# What a deploy writes: its build steps (npm, pip, docker build) and then the new
+# version's own stdout/stderr as it starts.
+OUTPUT_FILES = ("build.log", "app.log")
+
+
+# -- the dashboard page ------------------------------------------------------------------
+
+
+@get("/_admin/", sync_to_thread=False, include_in_schema=False)
+def admin_page(request: Request) -> Response:
+    """The dashboard's shell (at `/_admin` too: Litestar ignores a trailing slash);
+    admin.js fills it in once the operator gives the token."""
+    return viewer.html_response(dashboard_html(daemon_of(request).tee_mode))
+
+
+def dashboard_html(tee: str) -> str:
+    body = f"""{viewer.tee_banner(tee)}
+<h1>Admin dashboard</h1>
+<section id="login" class="panel" aria-labelledby="login-h">
+  <h2 id="login-h">Admin token</h2>
+  <p>Paste the daemon's admin token (<code>&lt;data-dir&gt;/admin-token</code>). It stays in this
+  tab only (sessionStorage) and is sent as an <code>Authorization</code> header, never in a URL.</p>
+  <form id="login-form" class="row">
+    <label for="token">Token</label>
+    <input id="token" type="password" autocomplete="off" spellcheck="false" required>
+    <button class="button primary" type="submit">Sign in</button>
+  </form>
+  <p id="login-error" class="error" role="alert" hidden></p>
+</section>
+<div id="app" hidden>
+  <p class="row"><span id="who" class="none">Signed in for this tab.</span>
+    <button class="button" type="button" id="refresh">Refresh</button>
+    <button class="button" type="button" id="logout">Forget the token</button></p>
+  <p id="status" class="status" role="status" aria-live="polite"></p>
+  <section aria-labelledby="projects-h">
+    <h2 id="projects-h">Projects</h2>
+    <div class="scroll"><table id="projects" class="grid">
+      <thead><tr><th>Name</th><th>Mode</th><th>State</th><th>Version</th><th>Runtime</th>
+      <th>Tree</th><th>Requests</th><th>Errors</th><th>Actions</th></tr></thead>
+      <tbody></tbody>
+    </table></div>
+    <p id="empty" class="none" hidden>No projects yet: deploy one below.</p>
+  </section>
+  <section id="detail" class="panel" aria-labelledby="detail-h" hidden>
+    <h2 id="detail-h">Project <span id="detail-name" class="mono"></span></h2>
+    <dl id="detail-facts" class="facts"></dl>
+    <h3>Kept versions</h3>
+    <table id="versions" class="grid">
+      <thead><tr><th>Version</th><th>Created</th><th>Runtime</th><th>Tree</th><th>Commit</th><th>Serving</th><th></th></tr></thead>
+      <tbody></tbody>
+    </table>
+    <h3>Log <button class="button" type="button" id="follow">Follow live</button></h3>
+    <pre id="log" class="log" tabindex="0"></pre>
+  </section>
+  <section id="deploy" class="panel" aria-labelledby="deploy-h">
+    <h2 id="deploy-h">Deploy</h2>
+    <form id="deploy-form">
+      <p class="row"><label for="deploy-name">Name</label>
+        <input id="deploy-name" pattern="[a-z0-9][a-z0-9\\-]{{0,62}}" spellcheck="false"
+          placeholder="default: the folder's or file's name"></p>
+      <p class="row"><label for="deploy-folder">Folder</label><input id="deploy-folder" type="file" webkitdirectory multiple></p>
+      <p class="row"><label for="deploy-tarball">or tarball</label><input id="deploy-tarball" type="file" accept=".tar,.tgz,.tar.gz,application/gzip,application/x-tar"></p>
+      <p class="row"><button class="button primary" type="submit">Deploy</button>
+        <progress id="deploy-progress" max="100" value="0" hidden></progress>
+        <span id="deploy-state"></span></p>
+    </form>
+    <pre id="deploy-output" class="log" hidden></pre>
+  </section>
+</div>
+<dialog id="confirm" aria-labelledby="confirm-h">
+  <h2 id="confirm-h"></h2>
+  <p id="confirm-text"></p>
+  <p class="row"><button class="button" type="button" id="confirm-cancel">Cancel</button>
+    <button class="button danger" type="button" id="confirm-ok">Confirm</button></p>
+</dialog>"""
+    return viewer._layout(
+        "tee-daemon: admin",
+        body,
+        scripts=("admin.js",),
+        styles=("admin.css",),
+        footer="Admin view: it shows dev projects and private state; nothing here is public.",
+    )
+
+
+# -- kept versions -----------------------------------------------------------------------
+
+
+@get("/_api/projects/{name:str}/versions", **ADMIN, sync_to_thread=False)
+def list_versions(request: Request, name: str) -> dict[str, Any]:
+    """The kept versions, newest first, with what each ran and whether it serves."""
+    project = daemon_of(request).deployer.projects.get(name)  # type: ignore[union-attr]
+    if project is None:
+        raise NotFound(f"no project named {name!r}")
+    return {
+        "name": project.name,
+        "current": project.current,
+        "versions": [
+            {
+                "version": v.version,
+                "serving": v.version == project.current,
+                "created_at": _iso(v.created_at),
+                "runtime": v.runtime,
+                "entry": v.entry,
+                "source": v.source,
+                "ref": v.ref,
+                "commit": v.commit,
+                "tree_sha1": v.tree_sha1,
+                "tree_sha256": v.tree_sha256,
+                "manifest_sha256": v.manifest_sha256(project.name),
+            }
+            for v in sorted(project.versions, key=lambda v: v.version, reverse=True)
+        ],
+    }
+
+
+# -- live output of a deploy -------------------------------------------------------------
+
+
+@get("/_api/projects/{name:str}/output", **ADMIN)
+async def deploy_output(request: Request, name: str) -> Stream:
+    """What the project's build steps and runs write from now on, as it is written.
+
+    A client opens this before it sends a deploy and reads until the deploy answers
+    (the stream itself never ends): `tee-daemon deploy` and the dashboard show build and
+    start output that way. The project need not exist yet (its first deploy makes it).
+    """
+    if not NAME_RE.fullmatch(name):
+        raise UserError(f"invalid project name {name!r}: lowercase letters, digits and '-', at most 63")
+    # Not store.logs_dir(): that makes the folder, and a name nobody deploys needs none.
+    folder = daemon_of(request).store.projects_dir / name / "logs"
+    start = {file: _stat(folder / file) for file in OUTPUT_FILES}  # before the answer starts
+    return Stream(
+        _follow_new(folder, start),
+        media_type="text/plain; charset=utf-8",
+        headers={"cache-control": "no-cache", "x-content-type-options": "nosniff"},
+    )
+
+
+async def _follow_new(folder: Path, start: dict[str, tuple[int, int | None]]) -> AsyncIterator[bytes]:
+    # One empty chunk first: the answer's head goes out now, so the client knows the
+    # starting offsets are taken and can send its deploy.
+    yield b""
+    seen = dict(start)
+    while True:
+        for file in OUTPUT_FILES:
+            path = folder / file
+            size, inode = _stat(path)
+            offset, known = seen[file]
+            if inode != known or size < offset:  # rotated, truncated or made anew
+                offset = 0
+            if size > offset:
+                data = await asyncio.to_thread(_read_range, path, offset, size)
+                offset += len(data)
+                if data:
+                    yield data
+            seen[file] = (offset, inode)
+        await asyncio.sleep(OUTPUT_POLL)
+
+
+def _read_range(path: Path, start: int, end: int) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            return fh.read(min(CHUNK, end - start))
+    except OSError:
+        return b""
+
+
+def _stat(path: Path) -> tuple[int, int | None]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 0, None
+    return st.st_size, st.st_ino
+
+
+ROUTES = [admin_page, list_versions, deploy_output]
