@@ -25,7 +25,9 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import secrets
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -42,11 +44,13 @@ from tee_daemon.trust import eventlog
 from tee_daemon.trust.checkpoint import verify_checkpoint
 from tee_daemon.trust.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from tee_daemon.trust.quote import quote_report_data, verify_quote
+from tee_daemon.trust.reinstall import ReinstallError, reinstall
 
 MANIFEST_FIELDS = (
     "name", "runtime", "entry", "env", "secret_names", "source", "ref", "commit",
     "tree_sha1", "tree_sha256",
     "command", "image", "port",  # SPEC 11: null unless the runtime uses them
+    "toolchain", "lock_sha256", "deps_tree_sha256", "pinned",  # what runs (SPEC 12)
 )
 MAX_LOG_FETCH = 1_000_000  # entries re-hashed at most; beyond that the check says so
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
@@ -398,8 +402,64 @@ def remember(url: str, cp: dict[str, Any], cache_dir: Path | None = None) -> Non
 # -- the source ---------------------------------------------------------------------------
 
 
+# The verifier checks out a git source with its own few lines of git rather than the
+# daemon's fetcher: sharing that code would let a bug in it agree with itself.
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+_GIT_CONFIG = {
+    "core.hooksPath": "/dev/null",
+    "core.symlinks": "true",
+    "core.autocrlf": "false",
+    "core.fsmonitor": "false",
+    "submodule.recurse": "false",
+    "advice.detachedHead": "false",
+}
+# Highest-priority attributes: blobs come out verbatim, whatever the repository says
+# (the tree hash is of the committed bytes, not of a filtered checkout).
+_VERBATIM = "* -text -eol -ident -filter -working-tree-encoding\n"
+
+
+def _redact(text: str) -> str:
+    """`text` without the userinfo (user:password@) of any URL in it."""
+    return _USERINFO.sub("", text)
+
+
+def checkout_git(url: str, ref: str | None, dest: Path) -> str:
+    """Check out `ref` (a commit id, branch or tag; None: the default branch) of `url`
+    into `dest` (missing or empty) and return the commit id. Raises RuntimeError with
+    git's message (credentials removed) when git fails."""
+    env = {
+        **os.environ,
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,  # the user's config must not change the checkout
+        "LC_ALL": "C",
+    }
+    git = ["git"] + [a for k, v in _GIT_CONFIG.items() for a in ("-c", f"{k}={v}")]
+    gitdir = dest.parent / (dest.name + ".git")
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [*git, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise RuntimeError(_redact(done.stderr.strip() or f"git {args[0]} failed"))
+        return done.stdout.strip()
+
+    # A full bare clone: git learns the object format from the server, and any commit,
+    # branch or tag of the repository can then be named.
+    run("clone", "-q", "--bare", "--no-recurse-submodules", "--template=", "--", url, str(gitdir))
+    (gitdir / "info").mkdir(exist_ok=True)
+    (gitdir / "info" / "attributes").write_text(_VERBATIM)
+    try:
+        commit = run(f"--git-dir={gitdir}", "rev-parse", "--verify", "-q", f"{ref or 'HEAD'}^{{commit}}")
+    except RuntimeError:
+        raise RuntimeError(f"no commit {ref or 'HEAD'!r} in the repository") from None
+    dest.mkdir(parents=True, exist_ok=True)
+    run(f"--git-dir={gitdir}", f"--work-tree={dest}", "checkout", "-q", "-f", commit)
+    return commit
+
+
 def check_source(source: str, manifest: dict[str, Any]) -> Check:
-    from tee_daemon.state import gitsource
     from tee_daemon.trust import treehash
 
     try:
@@ -409,16 +469,105 @@ def check_source(source: str, manifest: dict[str, Any]) -> Check:
         else:
             ref = manifest.get("commit") or manifest.get("ref")
             with tempfile.TemporaryDirectory(prefix="tee-verify-") as tmp:
-                commit = gitsource.fetch_git(source, ref, Path(tmp) / "tree", allow_insecure=True)
+                commit = checkout_git(source, ref, Path(tmp) / "tree")
                 ids = treehash.tree_ids(Path(tmp) / "tree")
-            where = f"git {gitsource.redact(source)} at {commit}"
+            where = f"git {_redact(source)} at {commit}"
     except Exception as exc:
-        return Check("source", False, f"could not read {source}: {exc}")
+        return Check("source", False, f"could not read {_redact(source)}: {_redact(str(exc))}")
     ok = ids.sha256 == manifest.get("tree_sha256") and ids.sha1 == manifest.get("tree_sha1")
     detail = f"{where}: tree_sha256 {ids.sha256}" + (
         " matches the manifest" if ok else f" != manifest {manifest.get('tree_sha256')} (tree_sha1 {ids.sha1})"
     )
     return Check("source", ok, detail)
+
+
+# -- what runs beyond the tree: toolchain, lockfile, installed tree (SPEC 12) -------------
+
+
+def check_deps(manifest: dict[str, Any], allow_unpinned: bool) -> list[Check]:
+    """The toolchain and dependency fields (covered by manifest_sha256), and `pinned`."""
+    toolchain = manifest.get("toolchain")
+    tools = ", ".join(f"{k} {v}" for k, v in sorted(toolchain.items())) if isinstance(toolchain, dict) else ""
+    checks = [Check(
+        "toolchain", bool(tools) and "tee-daemon" in toolchain,
+        (tools or "the manifest names no toolchain")
+        + f"; lock_sha256 {manifest.get('lock_sha256')}, deps_tree_sha256 {manifest.get('deps_tree_sha256')}",
+    )]  # fmt: skip
+    if manifest.get("pinned") is True:
+        what = "nothing installed" if manifest.get("deps_tree_sha256") is None else (
+            f"every installed dependency is fixed by the lockfile {manifest.get('lock_sha256')}")
+        checks.append(Check("deps", True, f"pinned: {what}"))
+    elif allow_unpinned:
+        checks.append(Check("deps", True, "NOT pinned (accepted by --allow-unpinned): what it installed "
+                                          "may change from one deploy of the same tree to the next"))
+    else:
+        checks.append(Check("deps", False, "NOT pinned: its dependencies are not fixed by a lockfile with "
+                                           "integrity hashes, so the same tree may run other code after a "
+                                           "redeploy (pass --allow-unpinned to accept)"))
+    return checks
+
+
+def check_deps_reinstall(tree: Path, manifest: dict[str, Any]) -> Check:
+    """Install the published lockfile again in a scratch folder and compare the tree id."""
+    want = manifest.get("deps_tree_sha256")
+    try:
+        got, what = reinstall(tree, manifest)
+    except ReinstallError as exc:
+        return Check("deps reinstall", False, str(exc))
+    ok = got == want
+    return Check("deps reinstall", ok, f"{what} reinstalled: deps_tree_sha256 {got} "
+                 + ("matches the manifest" if ok else f"!= manifest {want}"))
+
+
+def _compose_images(app_compose: str) -> list[str]:
+    """The images an app-compose document's docker compose file names."""
+    try:
+        compose = json.loads(app_compose).get("docker_compose_file") or ""
+    except (ValueError, AttributeError):
+        return []
+    if not isinstance(compose, str):
+        return []
+    return re.findall(r"^\s*image:\s*[\"']?([^\s\"']+)", compose, flags=re.M)
+
+
+def check_compose(
+    attestation: dict[str, Any], tee_info: dict[str, Any], compose_file: str | None = None
+) -> list[Check]:
+    """The daemon's own app-compose against the event log's compose-hash (which RTMR3,
+    and so the quote, measures); with `compose_file`, also against a release the auditor
+    trusts."""
+    try:
+        events = eventlog.parse_event_log(attestation.get("event_log") or "")
+    except ValueError:
+        events = []
+    hashes = eventlog.identity(events).get("compose-hash") or []
+    if len(hashes) != 1:
+        return [Check("app_compose", False, f"the event log has {len(hashes)} compose-hash events (want one)")]
+    measured = hashes[0]
+    published = tee_info.get("app_compose")
+    checks = []
+    if not isinstance(published, str):
+        checks.append(Check("app_compose", False, "/_api/substrate publishes no app_compose"))
+    else:
+        digest = hashlib.sha256(published.encode()).hexdigest()
+        images = ", ".join(_compose_images(published)) or "no image"
+        ok = digest == measured
+        checks.append(Check(
+            "app_compose", ok,
+            f"SHA-256 {digest} {'==' if ok else '!='} the event log's compose-hash {measured}; it names {images}",
+        ))  # fmt: skip
+    if compose_file is not None:
+        try:
+            digest = hashlib.sha256(Path(compose_file).read_bytes()).hexdigest()
+        except OSError as exc:
+            return [*checks, Check("compose file", False, f"cannot read {compose_file}: {exc}")]
+        ok = digest == measured
+        checks.append(Check(
+            "compose file", ok,
+            f"{compose_file}: SHA-256 {digest} "
+            + ("== the event log's compose-hash" if ok else f"!= the event log's compose-hash {measured}"),
+        ))  # fmt: skip
+    return checks
 
 
 # -- the whole run ------------------------------------------------------------------------
@@ -436,6 +585,9 @@ def verify(
     cache_dir: Path | None = None,
     nonce: str | None = None,
     bundle: dict[str, Any] | None = None,
+    allow_unpinned: bool = False,
+    deps: bool = False,
+    compose: str | None = None,
 ) -> list[Check]:
     get = get or http_getter(url)
     nonce = nonce or secrets.token_hex(16)
@@ -451,14 +603,25 @@ def verify(
     )
     binding_checks, _ = check_binding(name, bundle, nonce)
     checks += binding_checks
-    checks += check_event_log(bundle.get("attestation") or {}, *substrate_tee_info(get))
+    tee_info, why_no_info = substrate_tee_info(get)
+    checks += check_event_log(bundle.get("attestation") or {}, tee_info, why_no_info)
+    checks += check_compose(bundle.get("attestation") or {}, tee_info, compose)
     checks += check_audit(name, bundle)
     checks.append(check_whole_log(name, bundle, get))
     cp = (bundle.get("audit") or {}).get("checkpoint") or {}
     consistency, storable = check_consistency(url, cp, get, cache_dir)
     checks.append(consistency)
+    manifest = bundle.get("manifest") or {}
+    checks += check_deps(manifest, allow_unpinned)
     if source is not None:
-        checks.append(check_source(source, bundle.get("manifest") or {}))
+        checks.append(check_source(source, manifest))
+    if deps:  # the lockfile comes from the source, once its tree hash is checked
+        if source is None or not Path(source).is_dir():
+            checks.append(Check("deps reinstall", False, "--deps needs --source FOLDER (clone a git source first)"))
+        elif not checks[-1].ok:
+            checks.append(Check("deps reinstall", False, "not run: the source folder is not the attested tree"))
+        else:
+            checks.append(check_deps_reinstall(Path(source), manifest))
     # Remember a checkpoint that is signed and consistent, whatever else failed: it is
     # what the next run proves append-only growth against.
     if storable and any(c.name == "checkpoint signature" and c.ok for c in checks):
@@ -481,6 +644,9 @@ def run(args: argparse.Namespace) -> int:
         collateral=collateral,
         now=args.now,
         allow_simulated=args.allow_simulated,
+        allow_unpinned=args.allow_unpinned,
+        deps=args.deps,
+        compose=args.compose,
     )
     for c in checks:
         print(c.line())
@@ -500,4 +666,10 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--collateral", metavar="FILE", help="dcap-qvl collateral JSON: verify the quote offline")
     p.add_argument("--now", type=int, metavar="EPOCH", help="verification time (with --collateral)")
     p.add_argument("--allow-simulated", action="store_true", help="accept a simulated TEE (testing only)")
+    p.add_argument("--allow-unpinned", action="store_true",
+                   help="accept a project whose dependencies are not fixed by a lockfile with hashes")
+    p.add_argument("--deps", action="store_true",
+                   help="reinstall the lockfile of --source FOLDER with the same toolchain and compare deps_tree_sha256")
+    p.add_argument("--compose", metavar="FILE",
+                   help="an app-compose file you trust: its SHA-256 must be the event log's compose-hash")
     p.set_defaults(func=run)

@@ -1,5 +1,7 @@
-from tee_daemon.kernel.hookspecs import hookimpl
-from tee_daemon.kernel.contract import RuntimeInfo
+"""A broken third-party plugin for the tests: it claims the built-in ``static`` runtime,
+which must stop the daemon at startup rather than silently override it."""
+
+from tee_daemon.plugin import RuntimeInfo, hookimpl
 
 
 @hookimpl
