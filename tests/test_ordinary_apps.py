@@ -1,0 +1,199 @@
+"""Ordinary apps (SPEC 11): the command runtime (manifest `command`, project.json,
+Procfile) and WSGI apps, each deployed through the real daemon with its real
+dependencies from the package registry, and called over HTTP."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from test_runtimes import app_files, build_log, deploy_ok, get_until
+
+START_TIMEOUT = 8  # seconds: the "never listens" case waits this long, not the default 30
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    """A daemon of this module's own with a short start timeout (the never-listening test)."""
+    from harness import DaemonProcess
+
+    proc = DaemonProcess(
+        tmp_path_factory.mktemp("ordinary") / "data", env={"TEE_DAEMON_START_TIMEOUT": str(START_TIMEOUT)}
+    ).start()
+    yield proc
+    proc.stop()
+
+
+def test_express_with_its_lockfile_from_the_registry(daemon, name):
+    project = deploy_ok(daemon, name, app_files("express-hello"), command="node index.js")
+    assert project["runtime"] == "command"
+    assert project["command"] == "node index.js"
+    r = daemon.get(f"/{name}/")
+    assert r.status_code == 200 and r.text == "Hello World from Express!"
+    assert "express" in r.headers.get("x-powered-by", "").lower()
+    r = daemon.get(f"/{name}/users/42?x=1")
+    assert r.json() == {"id": "42", "query": {"x": "1"}}
+    with daemon.client(admin=False) as c:
+        r = c.post(f"/{name}/echo", json={"a": [1, 2]})
+    assert r.status_code == 200 and r.json() == {"received": {"a": [1, 2]}}
+    assert "added 72 packages" in build_log(daemon, name)  # express's tree, from the lockfile
+
+
+def test_hono_from_its_procfile(daemon, name):
+    project = deploy_ok(daemon, name, app_files("hono-hello"))
+    assert project["runtime"] == "command" and project["command"] is None  # The tree's Procfile decides.
+    assert daemon.get(f"/{name}/").text == "Hello Hono!"
+    assert daemon.get(f"/{name}/json/ada").json() == {"hello": "ada"}
+
+
+def test_flask_served_by_gunicorn_from_its_procfile(daemon, name):
+    project = deploy_ok(daemon, name, app_files("flask-hello"))
+    assert project["runtime"] == "command"
+    r = daemon.get(f"/{name}/")
+    assert r.status_code == 200 and "Hello, World from Flask!" in r.text
+    assert "gunicorn" in r.headers.get("server", "")
+    with daemon.client(admin=False) as c:
+        r = c.post(f"/{name}/items/7?q=x", content=b"payload")
+    assert r.json() == {"id": 7, "method": "POST", "q": "x", "body": "payload"}
+
+
+def test_flask_as_wsgi_in_the_python_runtime(daemon, name):
+    files = app_files("flask-hello")
+    files.pop("Procfile")
+    project = deploy_ok(daemon, name, files)
+    assert project["runtime"] == "python"
+    r = daemon.get(f"/{name}/")
+    assert r.status_code == 200 and "Hello, World from Flask!" in r.text
+    assert "gunicorn" not in r.headers.get("server", "")
+    with daemon.client(admin=False) as c:
+        r = c.post(f"/{name}/items/9?q=%C3%A9", content="é".encode())
+    assert r.json() == {"id": 9, "method": "POST", "q": "é", "body": "é"}
+    assert daemon.get(f"/{name}/missing").status_code == 404
+
+
+def test_fastapi_with_uvicorn_from_project_json(daemon, name):
+    files = app_files("fastapi-hello")
+    files["project.json"] = json.dumps({"command": "uvicorn main:app --host $HOST --port $PORT"}).encode()
+    project = deploy_ok(daemon, name, files)
+    assert project["runtime"] == "command"
+    assert project["command"] == "uvicorn main:app --host $HOST --port $PORT"
+    assert daemon.get(f"/{name}/").json() == {"message": "Hello World from FastAPI"}
+    assert daemon.get(f"/{name}/items/5?q=z").json() == {"item_id": 5, "q": "z"}
+    with daemon.client(admin=False) as c:
+        r = c.post(f"/{name}/items/", json={"name": "pen", "price": 10})
+        assert r.json() == {"name": "pen", "price_with_tax": 12.0}
+        assert c.post(f"/{name}/items/", json={"name": "pen"}).status_code == 422
+    assert "uvicorn" in daemon.get(f"/{name}/").headers.get("server", "")
+
+
+def test_procfile_app_sees_port_host_and_the_pinned_toolchains(daemon, name):
+    files = app_files("procfile-hello")
+    deploy_ok(daemon, name, files)
+    body = daemon.get(f"/{name}/p?q=1").json()
+    assert body["path"] == "/p?q=1" and body["version"] == "1" and body["port"].isdigit()
+    # Which node, npm and python the command gets: the pinned ones, not the system's.
+    probe = (
+        "import http.server, os, shutil, subprocess, json\n"
+        "def run(*a): return subprocess.run(a, capture_output=True, text=True).stdout.strip()\n"
+        "info = {t: shutil.which(t) for t in ('node', 'npm', 'deno', 'bun', 'python')}\n"
+        "info['node_v'] = run('node', '--version'); info['npm_v'] = run('npm', '--version')\n"
+        "info['host'] = os.environ['HOST']\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        b = json.dumps(info).encode(); self.send_response(200); self.end_headers(); self.wfile.write(b)\n"
+        "http.server.HTTPServer((os.environ['HOST'], int(os.environ['PORT'])), H).serve_forever()\n"
+    )
+    deploy_ok(daemon, name, {"probe.py": probe}, command="python probe.py")
+    info = daemon.get(f"/{name}/").json()
+    for tool in ("node", "npm", "deno", "bun", "python"):
+        assert info[tool] and "/build/bin/" in info[tool], info
+    assert info["node_v"].startswith("v") and info["npm_v"][0].isdigit(), info
+    assert info["host"] == "127.0.0.1"
+
+
+def test_command_field_errors_are_4xx(daemon, name):
+    r = daemon.deploy_files(name, {"index.html": "x"}, command="node index.js", runtime="static")
+    assert r.status_code == 400 and "command runtime" in r.json()["detail"]
+    r = daemon.deploy_files(name, {"Procfile": "worker: python3 job.py\n"})
+    assert r.status_code == 422 and "web:" in r.json()["detail"]
+    r = daemon.deploy_files(name, {"a.txt": "x"}, runtime="command")
+    assert r.status_code == 422 and "needs a command" in r.json()["detail"]
+    r = daemon.deploy_files(name, {"a.txt": "x"}, command="a\nb")
+    assert r.status_code == 400 and "one line" in r.json()["detail"]
+
+
+def _previous_keeps_serving(daemon, name: str) -> None:
+    r = daemon.get(f"/{name}/")
+    assert r.status_code == 200 and r.json()["version"] == "1"
+
+
+def test_a_command_that_exits_at_once_is_refused_with_its_log(daemon, name):
+    deploy_ok(daemon, name, app_files("procfile-hello"))
+    r = daemon.deploy_files(name, {"Procfile": "web: echo 'cannot find config.yml' >&2; exit 3\n"})
+    assert r.status_code == 422, r.text
+    detail = json.dumps(r.json())
+    assert "exit code 3" in detail and "cannot find config.yml" in detail
+    _previous_keeps_serving(daemon, name)
+
+
+def test_a_command_that_never_listens_is_refused_with_its_log(daemon, name):
+    deploy_ok(daemon, name, app_files("procfile-hello"))
+    started = time.monotonic()
+    r = daemon.deploy_files(name, {"Procfile": "web: echo 'listening on 3000 (hard-coded)'; sleep 600\n"})
+    assert r.status_code == 422, r.text
+    assert time.monotonic() - started < START_TIMEOUT + 20
+    detail = json.dumps(r.json())
+    assert "not listening" in detail and "hard-coded" in detail
+    assert "waiting for the command to listen" in detail  # The hint says which PORT/HOST.
+    _previous_keeps_serving(daemon, name)
+
+
+@pytest.mark.parametrize("sample,command", [("procfile-hello", None), ("express-hello", "node index.js")])
+def test_redeploy_under_load_drops_no_request(daemon, name, sample, command):
+    manifest = {"command": command} if command else {}
+    files = app_files(sample)
+    deploy_ok(daemon, name, files, **manifest, env={"APP_VERSION": "1"})
+    failures: list[str] = []
+    served = {"count": 0}
+    stop = threading.Event()
+
+    def hammer():
+        with httpx.Client(base_url=daemon.url, timeout=30) as c:
+            while not stop.is_set():
+                try:
+                    r = c.get(f"/{name}/")
+                    if r.status_code != 200:
+                        failures.append(f"{r.status_code} {r.text[:200]}")
+                    served["count"] += 1
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        for round_ in (2, 3):
+            deploy_ok(daemon, name, files, **manifest, env={"APP_VERSION": str(round_)})
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not failures, failures[:5]
+    assert served["count"] > 20
+    if sample == "procfile-hello":
+        assert daemon.get(f"/{name}/").json()["version"] == "3"
+
+
+def test_shared_network_command_listens_on_the_daemon_chosen_port(fresh_daemon, name):
+    """With TEE_DAEMON_PROJECT_NETWORK=shared there is no relay: the command itself
+    listens on the loopback port the daemon picked."""
+    d = fresh_daemon(env={"TEE_DAEMON_PROJECT_NETWORK": "shared"})
+    deploy_ok(d, name, app_files("procfile-hello"))
+    body = get_until(d, f"/{name}/").json()
+    assert body["port"] != "8080" and int(body["port"]) > 1024
