@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tee_daemon import __version__
 
-from tee_daemon.run import process
+from tee_daemon.run import launch, process
 from tee_daemon.web.auth import load_or_create_token
 from tee_daemon.state.deploy import Deployer
 from tee_daemon.state.journal import Journal
@@ -97,22 +97,17 @@ class Daemon:
         self.tenancy.close()
 
     def substrate(self) -> dict:
-        runtimes = {
-            name: {"version": info.version, "description": info.description}
-            for name, info in sorted(self.registry.runtimes.items())
-        }
         facts = {
             "daemon": "tee-daemon",
             "version": __version__,
             "backend": self.settings.backend,
-            "runtimes": runtimes,
+            "runtimes": self.registry.runtime_facts(),  # each plugin's own facts nested
             "tee": self.tee_mode,
             "tee_info": self.tee_info,
             "transparency_log": self.journal.status() if self.journal else None,
         }
-        facts.update(self.registry.substrate())
-        if isinstance(facts.get("isolation"), dict):
-            facts["isolation"] = {**facts["isolation"], **self.tenancy.facts()}
+        # How projects are kept apart is core's (the sandbox, or the container engine).
+        facts["isolation"] = {**launch.isolation(self.settings.backend), **self.tenancy.facts()}
         return facts
 
     @property

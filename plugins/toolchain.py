@@ -24,7 +24,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]  # plugins/ sits in the repository root
 TOOLS = ("deno", "node", "bun")
 
 

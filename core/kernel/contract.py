@@ -54,6 +54,20 @@ class Detection(msgspec.Struct, frozen=True):
     entry: str | None = None
 
 
+class Folders(msgspec.Struct, frozen=True):
+    """A project's folders, as core lays them out (plugins never derive one from another).
+
+    `project_dir` holds the project's versions and records (the daemon's, not the
+    project's to write); `data_dir` survives restarts and redeploys; `cache_dir` is the
+    project's own cache (never shared with another project); `logs_dir` holds its logs.
+    """
+
+    project_dir: Path
+    data_dir: Path
+    cache_dir: Path
+    logs_dir: Path
+
+
 class BuildReport(msgspec.Struct, frozen=True, kw_only=True):
     """What a build installed, for the attested manifest (SPEC section 12).
 
@@ -81,6 +95,10 @@ class BuildContext(msgspec.Struct, frozen=True):
     `cache_dir` is the project's own cache for this runtime (never shared with another
     project), for caches such as dependency installs keyed by a lockfile hash.
     `identity` is the project's own uid/gid: every build step runs sandboxed as it.
+    `kept_versions` are the versions core keeps after this deploy (the new one
+    included), oldest first; `folders` the project's folders; `daemon_id` a short id of
+    this daemon, stable across restarts (for names on shared resources such as a
+    container engine); `backend` where versions run ("process" or "docker").
     """
 
     project: str
@@ -100,6 +118,10 @@ class BuildContext(msgspec.Struct, frozen=True):
     command: str | None = None
     image: str | None = None
     port: int | None = None
+    kept_versions: tuple[int, ...] = ()
+    folders: Folders | None = None
+    daemon_id: str = ""
+    backend: str = "process"
 
 
 class StartContext(msgspec.Struct, frozen=True):
@@ -110,6 +132,7 @@ class StartContext(msgspec.Struct, frozen=True):
     sockets and pid files of this start. `log_path` is where stdout/stderr belong.
     `identity` is the project's own uid/gid; `tmp_dir`, when set, is the folder that
     serves as its /tmp (on the same size-limited volume as `data_dir`).
+    `kept_versions`, `folders`, `daemon_id` and `backend` as in `BuildContext`.
     """
 
     project: str
@@ -128,6 +151,9 @@ class StartContext(msgspec.Struct, frozen=True):
     command: str | None = None  # as in BuildContext
     image: str | None = None
     port: int | None = None
+    kept_versions: tuple[int, ...] = ()
+    folders: Folders | None = None
+    daemon_id: str = ""
 
 
 class Instance(abc.ABC):

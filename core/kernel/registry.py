@@ -120,12 +120,26 @@ class Registry:
     def forget(self, runtime: str, project: str) -> None:
         self._one("runtime_forget", runtime)(runtime=runtime, project=project)
 
-    def substrate(self) -> dict:
-        facts: dict = {}
-        for answer in self.pm.hook.runtime_substrate():
-            if answer:
-                facts.update(answer)
-        return facts
+    def runtime_facts(self) -> dict[str, dict]:
+        """Each runtime's entry in ``GET /_api/substrate``: its version and description,
+        and under ``facts`` what its plugin's `runtime_substrate` answered.
+
+        Nested under the plugin's own runtime names, so a plugin can neither overwrite
+        core's fields (``tee``, ``isolation``...) nor another plugin's.
+        """
+        answers: dict[object, dict] = {}
+        for plugin in set(self._owner.values()):
+            others = [p for p in self.pm.get_plugins() if p is not plugin]
+            answer = next((a for a in self.pm.subset_hook_caller("runtime_substrate", others)() if a), None)
+            if isinstance(answer, dict):
+                answers[plugin] = answer
+        runtimes = {}
+        for name, info in sorted(self.runtimes.items()):
+            entry: dict = {"version": info.version, "description": info.description}
+            if self._owner[name] in answers:
+                entry["facts"] = answers[self._owner[name]]
+            runtimes[name] = entry
+        return runtimes
 
     def default_entry(self, runtime: str) -> str | None:
         return self.runtimes[runtime].default_entry if runtime in self.runtimes else None

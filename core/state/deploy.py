@@ -11,6 +11,7 @@ deletes of one name are serialized by a per-name lock.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import shutil
@@ -32,7 +33,7 @@ from tee_daemon.state.models import (
 )  # fmt: skip
 from tee_daemon.kernel.registry import Registry
 from tee_daemon.web.ingress import Route
-from tee_daemon.kernel.contract import BuildContext, StartContext
+from tee_daemon.kernel.contract import BuildContext, Folders, StartContext
 from tee_daemon.settings import Settings
 from tee_daemon.state.store import Store
 from tee_daemon.run.tenancy import Tenancy
@@ -79,6 +80,7 @@ class Deployer:
         self.routes = routes  # the front door's live routes: what each name serves
         self.journal = journal
         self.projects: dict[str, Project] = {}
+        self.daemon_id = daemon_id(settings, store)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._retiring: set[asyncio.Task] = set()
 
@@ -331,9 +333,7 @@ class Deployer:
                     name=name, current=version.version, versions=[version], created_at=now
                 )
             else:
-                kept = [v for v in previous.versions if v.version != version.version] + [version]
-                kept.sort(key=lambda v: v.version)
-                kept = _keep_last(kept, version.version, self.settings.versions_kept)
+                kept = self._kept_after(previous, version)
                 project = _replace(
                     previous, current=version.version, versions=kept, last_changed_at=now
                 )
@@ -390,6 +390,32 @@ class Deployer:
 
     # -- contexts for the plugins ---------------------------------------------------
 
+    def _kept_after(self, previous: Project | None, version: Version) -> list[Version]:
+        """The versions kept once `version` serves (it included), oldest first."""
+        if previous is None:
+            return [version]
+        kept = [v for v in previous.versions if v.version != version.version] + [version]
+        kept.sort(key=lambda v: v.version)
+        return _keep_last(kept, version.version, self.settings.versions_kept)
+
+    def _plugin_facts(self, name: str, version: Version) -> dict:
+        """The context fields both kinds share: what a plugin would otherwise work out
+        from core's disk layout or the daemon's environment."""
+        tenant = self.tenancy.tenant(name)
+        # While a deploy builds and starts, self.projects still holds the previous record.
+        kept = self._kept_after(self.projects.get(name), version)
+        return dict(
+            kept_versions=tuple(v.version for v in kept),
+            folders=Folders(
+                project_dir=self.store.project_dir(name),
+                data_dir=tenant.data_dir,
+                cache_dir=tenant.cache_dir,
+                logs_dir=self.store.logs_dir(name),
+            ),
+            daemon_id=self.daemon_id,
+            backend=self.settings.backend,
+        )
+
     def _build_context(self, name: str, version: Version) -> BuildContext:
         vdir = self.store.version_dir(name, version.version)
         tenant = self.tenancy.tenant(name)
@@ -409,6 +435,7 @@ class Deployer:
             command=version.command,
             image=version.image,
             port=version.port,
+            **self._plugin_facts(name, version),
         )
 
     def _start_context(self, name: str, version: Version) -> StartContext:
@@ -427,13 +454,23 @@ class Deployer:
             run_dir=run_dir,
             log_path=self.store.logs_dir(name) / "app.log",
             env={**version.env, **version.secrets},
-            backend=self.settings.backend,
             identity=tenant.identity,
             tmp_dir=tenant.tmp_dir,
             command=version.command,
             image=version.image,
             port=version.port,
+            **self._plugin_facts(name, version),
         )
+
+
+def daemon_id(settings: Settings, store: Store) -> str:
+    """A short id of this daemon, stable across restarts: the operator's
+    TEE_DAEMON_DOCKER_ID (several daemons on one container engine), else a hash of the
+    projects folder (the same id the container executor labels its resources with)."""
+    override = (getattr(settings, "docker_id", None) or "").strip().lower()
+    if override:
+        return "".join(c for c in override if c.isalnum())[:16] or "x"
+    return hashlib.sha256(str(store.projects_dir.resolve()).encode()).hexdigest()[:10]
 
 
 def _keep_last(versions: list[Version], current: int, count: int) -> list[Version]:

@@ -15,14 +15,14 @@ is installed with the pinned npm like Node's (cached by its hash).
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
-from tee_daemon.run import deps, launch, toolchain
-from tee_daemon.kernel.errors import DeployFailed
-from tee_daemon.kernel.hookspecs import hookimpl
-from tee_daemon.kernel.contract import BuildContext, Detection, Instance, RuntimeInfo, StartContext
+from tee_daemon import plugin
+from tee_daemon.plugin import BuildContext, DeployFailed, Detection, Instance, LaunchPlan, RuntimeInfo, StartContext, hookimpl
+
+from tee_daemon_plugins import toolchain
+from tee_daemon_plugins.runtime_node import npm
 
 HERE = Path(__file__).resolve().parent
 DENO, BUN = "deno", "bun"
@@ -106,13 +106,13 @@ def runtime_build(runtime: str, ctx: BuildContext) -> bool:
     if runtime == DENO:
         deno = _binary(DENO)
         _write_main(ctx.build_dir, ctx.tree / entry, "shim_deno.ts", entry)
-        deno_dir = deps.own_folder(_deno_dir(ctx.cache_dir), ctx)  # The project's own DENO_DIR.
+        deno_dir = plugin.own_folder(_deno_dir(ctx.cache_dir), ctx)  # The project's own DENO_DIR.
         (ctx.build_dir / "deno-dir.txt").write_text(str(deno_dir) + "\n")  # Read by start.
-        deps.run_step(
+        plugin.run_build_step(
+            ctx,
             "deno install (caching the project's imports)",
             [str(deno), "install", "--quiet", "--node-modules-dir=none", *_lock_flags(ctx.tree),
              "--entrypoint", str(ctx.build_dir / "main.ts")],
-            ctx=ctx,
             cwd=ctx.tree,
             env={"PATH": "/usr/bin:/bin", "HOME": str(deno_dir), "DENO_DIR": str(deno_dir), "NO_COLOR": "1",
                  "DENO_NO_UPDATE_CHECK": "1"},
@@ -122,9 +122,9 @@ def runtime_build(runtime: str, ctx: BuildContext) -> bool:
         return True
     _binary(BUN)
     root = ctx.tree
-    modules = deps.npm_dependencies(ctx)
+    modules = npm.npm_dependencies(ctx)
     if modules is not None:
-        root = deps.app_dir_with_modules(ctx.tree, ctx.build_dir, modules)
+        root = npm.app_dir_with_modules(ctx.tree, ctx.build_dir, modules)
     _write_main(ctx.build_dir, root / entry, "shim_bun.ts", entry)
     return True
 
@@ -137,7 +137,7 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
         deno_dir = Path((ctx.build_dir / "deno-dir.txt").read_text().strip())
         readable = [ctx.tree, ctx.build_dir, ctx.data_dir, deno_dir]
         writable = [ctx.data_dir]
-        sockets = launch.listen_dir(ctx)  # Isolated network: Deno.serve({path}) needs read and write.
+        sockets = plugin.listen_dir(ctx)  # Isolated network: Deno.serve({path}) needs read and write.
         if sockets is not None:
             readable.append(sockets)
             writable.append(sockets)
@@ -148,39 +148,37 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
             "--allow-write=" + ",".join(str(p) for p in writable),
             str(main),
         ]  # fmt: skip
-        return launch.start(
+        return plugin.start(
             ctx,
-            argv=argv,
-            cwd=ctx.tree,
-            read_only=[deno.parent, deno_dir],
-            extra_env={"DENO_DIR": str(deno_dir), "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"},
-            facts={"permissions": "net, env, read own folders, write data dir"},
+            LaunchPlan(
+                argv=argv,
+                cwd=ctx.tree,
+                read_only=[deno.parent, deno_dir],
+                extra_env={"DENO_DIR": str(deno_dir), "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"},
+                facts={"permissions": "net, env, read own folders, write data dir"},
+            ),
         )
     bun = _binary(BUN)
     app = ctx.build_dir / "app"
     cwd = app if app.is_dir() else ctx.tree
-    read_only = [bun.parent, *deps.installed_modules(ctx.build_dir)]
-    return launch.start(
+    read_only = [bun.parent, *npm.installed_modules(ctx.build_dir)]
+    return plugin.start(
         ctx,
-        argv=[str(bun), "run", "--no-install", str(main)],
-        cwd=cwd,
-        read_only=read_only,
-        extra_env={"BUN_RUNTIME_TRANSPILER_CACHE_PATH": "0", "DO_NOT_TRACK": "1", "NO_COLOR": "1"},
+        LaunchPlan(
+            argv=[str(bun), "run", "--no-install", str(main)],
+            cwd=cwd,
+            read_only=read_only,
+            extra_env={"BUN_RUNTIME_TRANSPILER_CACHE_PATH": "0", "DO_NOT_TRACK": "1", "NO_COLOR": "1"},
+        ),
     )
 
 
 @hookimpl
 def runtime_forward(runtime: str, instance: Instance):
-    return launch.forward(instance)
+    return plugin.forward(instance)
 
 
 @hookimpl
 def runtime_forget(runtime: str, project: str) -> bool:
-    launch.forget(project)
+    plugin.forget(project)
     return True
-
-
-@hookimpl
-def runtime_substrate() -> dict:
-    # Set by `serve` from its settings; the same for every process runtime.
-    return {"isolation": launch.isolation(os.environ.get("TEE_DAEMON_BACKEND", "process"))}

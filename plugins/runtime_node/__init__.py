@@ -12,10 +12,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tee_daemon.run import deps, launch, toolchain
-from tee_daemon.kernel.errors import DeployFailed
-from tee_daemon.kernel.hookspecs import hookimpl
-from tee_daemon.kernel.contract import BuildContext, Detection, Instance, RuntimeInfo, StartContext
+from tee_daemon import plugin
+from tee_daemon.plugin import BuildContext, DeployFailed, Detection, Instance, LaunchPlan, RuntimeInfo, StartContext, hookimpl
+
+from tee_daemon_plugins import toolchain
+
+from . import npm
 
 HERE = Path(__file__).resolve().parent
 NAME = "node"
@@ -55,9 +57,9 @@ def runtime_build(runtime: str, ctx: BuildContext) -> bool:
     entry = ctx.entry or "index.js"
     if not (ctx.tree / entry).is_file():
         raise DeployFailed(f"entry file {entry!r} is not in the project")
-    modules = deps.npm_dependencies(ctx)
+    modules = npm.npm_dependencies(ctx)
     if modules is not None:
-        deps.app_dir_with_modules(ctx.tree, ctx.build_dir, modules)
+        npm.app_dir_with_modules(ctx.tree, ctx.build_dir, modules)
     shutil.copyfile(HERE / SHIM, ctx.build_dir / SHIM)
     return True
 
@@ -67,22 +69,24 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
     node = _node()
     app = ctx.build_dir / "app"
     root = app if app.is_dir() else ctx.tree
-    read_only = [toolchain.tool_root(NAME) or node.parent, *deps.installed_modules(ctx.build_dir)]
-    return launch.start(
+    read_only = [toolchain.tool_root(NAME) or node.parent, *npm.installed_modules(ctx.build_dir)]
+    return plugin.start(
         ctx,
-        argv=[str(node), str(ctx.build_dir / SHIM)],
-        cwd=root,
-        read_only=read_only,
-        extra_env={"TEE_ENTRY": str(root / (ctx.entry or "index.js"))},
+        LaunchPlan(
+            argv=[str(node), str(ctx.build_dir / SHIM)],
+            cwd=root,
+            read_only=read_only,
+            extra_env={"TEE_ENTRY": str(root / (ctx.entry or "index.js"))},
+        ),
     )
 
 
 @hookimpl
 def runtime_forward(runtime: str, instance: Instance):
-    return launch.forward(instance)
+    return plugin.forward(instance)
 
 
 @hookimpl
 def runtime_forget(runtime: str, project: str) -> bool:
-    launch.forget(project)
+    plugin.forget(project)
     return True

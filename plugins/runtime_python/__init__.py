@@ -16,11 +16,12 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from tee_daemon.run import deps, launch, toolchain
-from tee_daemon.kernel.errors import DeployFailed
-from tee_daemon.kernel.hookspecs import hookimpl
-from tee_daemon.run.process import python_roots
-from tee_daemon.kernel.contract import BuildContext, Detection, Instance, RuntimeInfo, StartContext
+from tee_daemon import plugin
+from tee_daemon.plugin import BuildContext, DeployFailed, Detection, Instance, LaunchPlan, RuntimeInfo, StartContext, hookimpl
+
+from tee_daemon_plugins import toolchain
+
+from .venv import python_roots, python_venv
 
 HERE = Path(__file__).resolve().parent
 NAME = "python"
@@ -51,7 +52,7 @@ def runtime_build(runtime: str, ctx: BuildContext) -> bool:
     entry = ctx.entry or "app.py"
     if not (ctx.tree / entry).is_file():
         raise DeployFailed(f"entry file {entry!r} is not in the project")
-    venv = deps.python_venv(ctx)
+    venv = python_venv(ctx)
     if venv is not None:
         (ctx.build_dir / VENV_POINTER).write_text(str(venv) + "\n")
     shutil.copyfile(HERE / SHIM, ctx.build_dir / SHIM)
@@ -68,26 +69,28 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
         read_only.append(venv.parent)
     else:
         python = Path(sys.executable)
-    return launch.start(
+    return plugin.start(
         ctx,
-        argv=[str(python), "-u", str(ctx.build_dir / SHIM)],
-        cwd=ctx.tree,
-        read_only=read_only,
-        extra_env={
-            "TEE_ENTRY": str(ctx.tree / (ctx.entry or "app.py")),
-            "TEE_DAEMON_SITE": sysconfig.get_path("purelib"),
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONUNBUFFERED": "1",
-        },
+        LaunchPlan(
+            argv=[str(python), "-u", str(ctx.build_dir / SHIM)],
+            cwd=ctx.tree,
+            read_only=read_only,
+            extra_env={
+                "TEE_ENTRY": str(ctx.tree / (ctx.entry or "app.py")),
+                "TEE_DAEMON_SITE": sysconfig.get_path("purelib"),
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "PYTHONUNBUFFERED": "1",
+            },
+        ),
     )
 
 
 @hookimpl
 def runtime_forward(runtime: str, instance: Instance):
-    return launch.forward(instance)
+    return plugin.forward(instance)
 
 
 @hookimpl
 def runtime_forget(runtime: str, project: str) -> bool:
-    launch.forget(project)
+    plugin.forget(project)
     return True

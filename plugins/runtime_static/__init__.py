@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tee_daemon.kernel.hookspecs import hookimpl
-from tee_daemon.kernel.contract import Detection, Instance, RuntimeInfo, StartContext
+from tee_daemon.plugin import Detection, Instance, RuntimeInfo, StartContext, hookimpl
 
 from .files import StaticFiles
 

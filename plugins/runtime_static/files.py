@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 from urllib.parse import quote
 
-from tee_daemon.kernel.contract import Receive, Scope, Send
+from tee_daemon.plugin import Receive, Scope, Send
 
 CHUNK = 256 * 1024
 TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
