@@ -6,9 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench system runtimes clean
+.PHONY: install run test bench system runtimes launcher clean
 
-install: system $(STAMP) runtimes
+install: system $(STAMP) runtimes launcher
 
 # Debian packages: git and bubblewrap for the daemon; docker.io, chromium, nginx and
 # wrk for the tests and the benchmark.
@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml
 # Pinned Deno, Node (PyPI wheels) and Bun (npm registry) under .runtimes/.
 runtimes: $(STAMP)
 	@bash scripts/setup-runtimes.sh
+
+# `tee-daemon` on the PATH: a link to the venv's console script in /usr/local/bin (root)
+# or ~/.local/bin, so the README's commands work as written in a new shell.
+launcher: $(STAMP)
+	@bash scripts/install-launcher.sh
 
 run: install
 	$(VENV)/bin/tee-daemon serve

@@ -1,8 +1,10 @@
-"""The admin API for humans: deploy, ls, promote, redeploy, rollback, rm, logs.
+"""The admin API for humans: deploy, ls, versions, promote, redeploy, rollback, rm, logs.
 
 Exit codes: 0 done, 1 the daemon refused (or the request was wrong), 2 the daemon could
-not be reached, 3 the admin token was missing or refused. Results go to stdout (`--json`
-for the raw API answer), progress and errors to stderr.
+not be reached, 3 the admin token was missing or refused, 4 the command line itself was
+wrong (unknown command or option, missing argument: see commands.UsageParser). Results
+go to stdout (`--json` for the raw API answer); progress, the live build and start
+output of a deploy, and errors go to stderr.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import argparse
 import fnmatch
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -27,7 +32,8 @@ from rich.table import Table
 
 from tee_daemon.settings import load_settings
 
-EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_AUTH = 1, 2, 3
+EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_USAGE = 1, 2, 3, 4
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # the daemon's rule (state/models.py)
 DEPLOY_TIMEOUT = 900.0  # a deploy answers once the new version serves: builds take time
 
 # Piped output is never wrapped or truncated: tables stay one line per project.
@@ -308,33 +314,113 @@ def _is_git_url(target: str) -> bool:
 # -- the commands ----------------------------------------------------------------------
 
 
+def default_name(target: str, folder: Path | None) -> str | None:
+    """The project name when --name is not given: a folder's package.json `name`, else
+    the folder's own name (a git URL: the repository's), when it is a valid name."""
+    candidates: list[str] = []
+    if folder is not None:
+        try:
+            package = json.loads((folder / "package.json").read_text())
+        except (OSError, ValueError):
+            package = None
+        if isinstance(package, dict) and isinstance(package.get("name"), str):
+            candidates.append(package["name"])
+        candidates.append(folder.name)
+    else:
+        last = target.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+        candidates.append(last[:-4] if last.endswith(".git") else last)
+    return next((c for c in candidates if NAME_RE.fullmatch(c)), None)
+
+
 def cmd_deploy(args: argparse.Namespace) -> dict:
+    target = args.source
+    folder = Path(target).expanduser()
+    is_folder = folder.is_dir()
+    if not is_folder and not _is_git_url(target):
+        raise ClientError(f"{target!r} is neither a folder nor a git URL (https://...)")
+    if is_folder:
+        folder = folder.resolve()
+    name = args.name or default_name(target, folder if is_folder else None)
+    if name is None:
+        raise ClientError(
+            f"cannot take a project name from {target!r} (names are lowercase letters, digits and '-'): "
+            "pass --name NAME",
+            EXIT_USAGE,
+        )
+    if not args.name:
+        err.print(f"project name: {_escape(name)} (from {'package.json or the folder' if is_folder else 'the URL'}; --name to choose)")
     manifest = {
-        "name": args.name,
+        "name": name,
         "runtime": args.runtime,
         "entry": args.entry,
         "env": _pairs(args.env, "env") or None,
         "secrets": _pairs(args.secret, "secret") or None,
     }
     manifest = {k: v for k, v in manifest.items() if v is not None}
-    target = args.source
-    folder = Path(target).expanduser()
-    if folder.is_dir():
+    if is_folder:
         if args.ref:
             raise ClientError("--ref is for git URLs; a folder is deployed as it is on disk")
-        return _deploy_folder(args, folder.resolve(), manifest)
-    if not _is_git_url(target):
-        raise ClientError(f"{target!r} is neither a folder nor a git URL (https://...)")
+        return _deploy_folder(args, folder, manifest)
     manifest.update(source=target)
     if args.ref:
         manifest["ref"] = args.ref
     client, url = _client(args, DEPLOY_TIMEOUT)
-    with client, err.status(f"Cloning {target} and building {args.name}…"):
+    with client, _LiveOutput(args, name):
+        err.print(f"Cloning {_escape(target)} and building {_escape(name)}…")
         try:
             response = client.post("/_api/projects", json=manifest)
         except httpx.HTTPError as exc:
             raise _unreachable(url, exc) from None
     return _answer(response)
+
+
+class _LiveOutput:
+    """Print the build and start output of a deploy to stderr as the daemon writes it.
+
+    It opens `GET /_api/projects/<name>/output` (everything the project's build steps
+    and runs write from then on) and waits for its head before the deploy is sent, so
+    no line is missed; it reads in a thread of its own until the deploy has answered.
+    A daemon without that endpoint just means no live output.
+    """
+
+    READY_WAIT = 10.0  # seconds to wait for the stream's head before deploying anyway
+    TAIL_WAIT = 0.6  # after the answer: the daemon polls its log files every 0.2 s
+
+    def __init__(self, args: argparse.Namespace, name: str) -> None:
+        self.args, self.name = args, name
+        self.ready = threading.Event()
+        self.stopped = threading.Event()
+        self.printed = False
+        self.thread = threading.Thread(target=self._run, name="deploy-output", daemon=True)
+
+    def __enter__(self) -> "_LiveOutput":
+        self.thread.start()
+        self.ready.wait(self.READY_WAIT)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(self.TAIL_WAIT)
+        self.stopped.set()  # the daemon thread ends with the process, or on its next chunk
+
+    def _run(self) -> None:
+        try:
+            client, _ = _client(self.args, 30.0)
+            timeout = httpx.Timeout(30.0, connect=10.0, read=None)
+            with client, client.stream("GET", f"/_api/projects/{self.name}/output", timeout=timeout) as r:
+                self.ready.set()
+                if r.status_code != 200:
+                    return
+                for chunk in r.iter_bytes():
+                    if self.stopped.is_set():
+                        return
+                    if chunk:
+                        sys.stderr.write(chunk.decode("utf-8", errors="replace"))
+                        sys.stderr.flush()
+                        self.printed = True
+        except Exception:  # noqa: BLE001 - live output is a courtesy; the deploy reports errors
+            pass
+        finally:
+            self.ready.set()
 
 
 def _deploy_folder(args: argparse.Namespace, folder: Path, manifest: dict) -> dict:
@@ -354,29 +440,45 @@ def _deploy_folder(args: argparse.Namespace, folder: Path, manifest: dict) -> di
             transient=True,
             disable=not err.is_terminal,
         )
-        with client, progress:
-            task = progress.add_task(f"Uploading {count} file{'s' if count != 1 else ''}", total=size)
-            state = {"done": False}
-
-            def finished() -> None:
-                if not state["done"]:
-                    state["done"] = True
-                    progress.update(task, completed=size, description=f"Building and starting {manifest['name']}…")
-
-            body = _ProgressFile(tarball, lambda n: progress.advance(task, n), finished)
-            try:
-                response = client.post(
-                    "/_api/projects",
-                    files={
-                        "manifest": (None, json.dumps(manifest), "application/json"),
-                        "files": ("project.tar.gz", body, "application/gzip"),
-                    },
+        with client, _LiveOutput(args, manifest["name"]):
+            with progress:
+                task = progress.add_task(f"Uploading {count} file{'s' if count != 1 else ''}", total=size)
+                body = _ProgressFile(tarball, lambda n: progress.advance(task, n), lambda: None)
+                uploaded = (
+                    f"uploaded {count} file{'s' if count != 1 else ''} ({_size(size)}); "
+                    f"building and starting {manifest['name']}…"
                 )
-            except httpx.HTTPError as exc:
-                raise _unreachable(url, exc) from None
-        if not err.is_terminal:
-            err.print(f"uploaded {count} file{'s' if count != 1 else ''} ({_size(size)})")
+
+                def upload() -> Any:
+                    # The body is read as it is sent: the bar ends with the upload.
+                    return client.post(
+                        "/_api/projects",
+                        files={
+                            "manifest": (None, json.dumps(manifest), "application/json"),
+                            "files": ("project.tar.gz", body, "application/gzip"),
+                        },
+                        extensions={"trace": _after_upload(progress, uploaded)},
+                    )
+
+                try:
+                    response = upload()
+                except httpx.HTTPError as exc:
+                    raise _unreachable(url, exc) from None
     return _answer(response)
+
+
+def _after_upload(progress: Progress, message: str) -> Callable[[str, dict], None]:
+    """An httpx trace hook: once the request is sent, the progress bar goes and the
+    build and start output (printed as it comes) follows."""
+    state = {"done": False}
+
+    def trace(event: str, info: dict) -> None:
+        if event == "http11.send_request_body.complete" and not state["done"]:
+            state["done"] = True
+            progress.stop()
+            err.print(_escape(message))
+
+    return trace
 
 
 def _size(n: float) -> str:
@@ -389,6 +491,10 @@ def _size(n: float) -> str:
 
 def cmd_ls(args: argparse.Namespace) -> dict:
     return _call(args, "GET", "/_api/projects")
+
+
+def cmd_versions(args: argparse.Namespace) -> dict:
+    return _call(args, "GET", f"/_api/projects/{_name(args.name)}/versions")
 
 
 def cmd_promote(args: argparse.Namespace) -> dict:
@@ -452,7 +558,7 @@ def _when(iso: str | None) -> str:
 
 def print_projects(projects: list[dict]) -> None:
     if not projects:
-        out.print("No projects yet. Deploy one with: tee-daemon deploy ./folder --name NAME")
+        out.print("No projects yet. Deploy one with: tee-daemon deploy ./folder")
         return
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("NAME", "MODE", "RUNTIME", "VERSION", "COMMIT", "TREE", "CHANGED", "URL"):
@@ -468,6 +574,23 @@ def print_projects(projects: list[dict]) -> None:
             _escape(_short(p.get("tree_sha1"))),
             _escape(_when(p.get("last_changed_at"))),
             _escape(p.get("url") or "-"),
+        )
+    out.print(table)
+
+
+def print_versions(answer: dict) -> None:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("VERSION", "SERVING", "CREATED", "RUNTIME", "TREE", "COMMIT", "SOURCE"):
+        table.add_column(column, no_wrap=True)
+    for v in answer.get("versions", []):
+        table.add_row(
+            f"v{_escape(v.get('version'))}",
+            "[green]serving[/]" if v.get("serving") else "-",
+            _escape(_when(v.get("created_at"))),
+            _escape(v.get("runtime") or "-"),
+            _escape(_short(v.get("tree_sha1"))),
+            _escape(_short(v.get("commit"))),
+            _escape(v.get("source") or "-"),
         )
     out.print(table)
 
@@ -502,6 +625,8 @@ def printer(command: str, args: argparse.Namespace) -> Callable[[Any], None]:
             print(json.dumps(result, indent=2))
         elif command == "ls":
             print_projects(result.get("projects", []))
+        elif command == "versions":
+            print_versions(result)
         elif command == "deploy":
             _summary("Deployed", result)
         elif command == "promote":
@@ -539,7 +664,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     p = client_parser("deploy", "deploy a folder (packed without .git and .gitignored files) or a git URL")
     p.add_argument("source", metavar="PATH_OR_GIT_URL")
-    p.add_argument("--name", required=True, help="project name: lowercase letters, digits and '-'")
+    p.add_argument(
+        "--name", help="project name: lowercase letters, digits and '-' (default: package.json's name, else the folder's)"
+    )
     p.add_argument("--ref", help="git branch, tag or commit (git URLs only)")
     p.add_argument("--runtime", help="deno, bun, node, python, static or dockerfile (default: detected)")
     p.add_argument("--entry", help="entry file (default: the runtime's)")
@@ -548,6 +675,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run("deploy", cmd_deploy))
 
     client_parser("ls", "list projects").set_defaults(func=_run("ls", cmd_ls))
+
+    p = client_parser("versions", "list a project's kept versions and which one serves")
+    p.add_argument("name")
+    p.set_defaults(func=_run("versions", cmd_versions))
 
     p = client_parser("promote", "make a project attested: publish its manifest, log and quote")
     p.add_argument("name")

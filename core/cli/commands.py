@@ -7,7 +7,7 @@ import os
 import sys
 
 from tee_daemon import __version__
-from tee_daemon.settings import load_settings
+from tee_daemon.settings import handoff, load_settings
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -35,17 +35,8 @@ def serve(args: argparse.Namespace) -> int:
     if unenforced and not settings.allow_unenforced_isolation:
         print(refusal(unenforced), file=sys.stderr)
         return 1
-    # granian's worker builds the app from the environment: hand it the final settings.
-    os.environ.update(
-        TEE_DAEMON_HOST=settings.host,
-        TEE_DAEMON_PORT=str(settings.port),
-        TEE_DAEMON_DATA_DIR=str(settings.data_dir),
-        TEE_DAEMON_BACKEND=settings.backend,
-        TEE_DAEMON_ALLOW_INSECURE_SOURCES="1" if settings.allow_insecure_sources else "0",
-        TEE_DAEMON_HEADER_TIMEOUT=str(settings.header_timeout),
-    )
-    if settings.base_domain:  # per-project origins (SPEC section 10)
-        os.environ["TEE_DAEMON_BASE_DOMAIN"] = settings.base_domain
+    # granian's worker builds the app itself: hand it these very settings.
+    os.environ.update(handoff(settings))
     from tee_daemon.web import connguard
 
     # SPEC 10: the daemon's own socket (no port sharing), enough descriptors and
@@ -93,8 +84,20 @@ def _lock_data_dir(data_dir):
     return handle
 
 
+class UsageParser(argparse.ArgumentParser):
+    """argparse exits 2 on a bad command line, the code that means "daemon unreachable"
+    here (cli/client.py): usage errors exit with their own code instead. Subcommand
+    parsers are made of the same class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        from tee_daemon.cli.client import EXIT_USAGE
+
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tee-daemon", description="Host small web projects with evidence of what they run.")
+    parser = UsageParser(prog="tee-daemon", description="Host small web projects with evidence of what they run.")
     parser.add_argument("--version", action="version", version=f"tee-daemon {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
