@@ -1,4 +1,10 @@
-"""The daemon's parts wired together once, shared by the API handlers."""
+"""The daemon's parts, each built once from the one `Settings`, shared by the API.
+
+Everything is assembled in `__init__` (no part starts as None and is attached later);
+`start` brings the parts up in order (sandbox, TEE and its log, the stored projects)
+and `stop` takes them down. The web front (`web/app.py`) is built around a daemon:
+its router serves the daemon's routes, metrics and origins.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +13,21 @@ import logging
 from pathlib import Path
 
 from tee_daemon import __version__
-
-from tee_daemon.run import launch, process
-from tee_daemon.web.auth import load_or_create_token
+from tee_daemon.kernel.registry import Registry
+from tee_daemon.proxy.forward import ProxyLimits
+from tee_daemon.run import containers, launch, process
+from tee_daemon.run.tenancy import Tenancy
 from tee_daemon.state.deploy import Deployer
 from tee_daemon.state.journal import Journal
-from tee_daemon.kernel.registry import Registry
-from tee_daemon.web.ingress import Ingress
-from tee_daemon.kernel.contract import ASGIApp
-from .settings import Settings
 from tee_daemon.state.store import Store
-from tee_daemon.run.tenancy import Tenancy
+from tee_daemon.trust.tee import Tee, connect_tee
+from tee_daemon.web.accesslog import AccessLog
+from tee_daemon.web.auth import load_or_create_token
+from tee_daemon.web.ingress import Route
+from tee_daemon.web.metrics import Metrics
+from tee_daemon.web.origins import Origins
+
+from .settings import Settings
 
 log = logging.getLogger("tee_daemon")
 # One INFO line per guest-agent call would drown the daemon's own log.
@@ -33,46 +43,35 @@ class Daemon:
         self.store = Store(settings.data_dir)
         self.registry = registry or Registry()
         self.tenancy = Tenancy(settings, self.store)
-        self.ingress: Ingress | None = None
-        self.deployer: Deployer | None = None
+        # The front door's parts: the live routes (switched by the deployer), the
+        # counters, the host policy and what the proxies forward under.
+        self.routes: dict[str, Route] = {}
+        self.metrics = Metrics(access_log=AccessLog(settings.data_dir / "logs" / "access.log"))
+        self.origins = Origins(settings)
+        self.proxy_limits = ProxyLimits(settings.max_request_body, settings.trusted_proxies)
+        # The transparency log exists from the start; `start` opens it with the TEE.
+        self.journal = Journal(settings.data_dir)
+        self.deployer = Deployer(
+            settings, self.store, self.registry, self.routes, journal=self.journal, tenancy=self.tenancy
+        )
+        # What the TEE is: "none" until `start` connects (or finds none: "unavailable").
+        self.tee: Tee | None = None
         self.tee_mode = "none"
-        self.tee = None  # tee.Tee once started
         self.tee_info: dict = {}
-        self.journal: Journal | None = None
-
-    def attach(self, api: ASGIApp) -> Ingress:
-        from tee_daemon.proxy import forward as proxy
-        from tee_daemon.web.accesslog import AccessLog
-
-        proxy.configure(self.settings.max_request_body, self.settings.trusted_proxies)
-        process.configure(
-            idle_stop=self.settings.idle_stop,
-            start_timeout=self.settings.start_timeout,
-            network=self.settings.project_network,
-            egress=self.settings.project_egress == "allow",
-        )
-        self.tenancy.start()
-        from tee_daemon.web.origins import Origins
-
-        self.ingress = Ingress(
-            api, access_log=AccessLog(self.settings.data_dir / "logs" / "access.log"), origins=Origins(self.settings)
-        )
-        self.deployer = Deployer(self.settings, self.store, self.registry, self.ingress, tenancy=self.tenancy)
-        return self.ingress
 
     async def start(self) -> None:
-        assert self.deployer is not None
+        # run/ gets the settings, and a callback for the restart counter (it imports no web/).
+        process.configure(self.settings, on_restart=self.metrics.restart)
+        containers.configure(self.settings, on_restart=self.metrics.restart)
+        self.tenancy.start()
         await self._start_tee()
         process.remove_stale_socket_dirs(self.store.run_dir)
         await self.deployer.restore()
-        if self.journal is not None:
-            await asyncio.to_thread(self.journal.reconcile, list(self.deployer.projects.values()))
+        await asyncio.to_thread(self.journal.reconcile, list(self.deployer.projects.values()))
         log.info("tee-daemon %s serving %d projects", __version__, len(self.deployer.projects))
 
     async def _start_tee(self) -> None:
         """The TEE (dstack agent, else the built-in simulator) and the checked log."""
-        from tee_daemon.trust.tee import connect_tee
-
         error = None
         try:
             self.tee = await asyncio.to_thread(connect_tee, self.settings.data_dir)
@@ -82,15 +81,12 @@ class Daemon:
             error = str(exc)
             self.tee_mode = "unavailable"
             log.error("no TEE: %s", exc)
-        self.journal = Journal(self.settings.data_dir, self.tee, error)
-        await asyncio.to_thread(self.journal.open)
-        self.deployer.journal = self.journal  # type: ignore[union-attr]
+        await asyncio.to_thread(self.journal.open, self.tee, error)
 
     async def stop(self) -> None:
-        if self.deployer is not None:
-            await self.deployer.shutdown()
-        if self.ingress is not None:
-            self.ingress.close()
+        await self.deployer.shutdown()
+        if self.metrics.access_log is not None:
+            self.metrics.access_log.close()  # flush
         if self.tee is not None:
             self.tee.close()
             self.tee = None
@@ -104,7 +100,7 @@ class Daemon:
             "runtimes": self.registry.runtime_facts(),  # each plugin's own facts nested
             "tee": self.tee_mode,
             "tee_info": self.tee_info,
-            "transparency_log": self.journal.status() if self.journal else None,
+            "transparency_log": self.journal.status(),
         }
         # How projects are kept apart is core's (the sandbox, or the container engine).
         facts["isolation"] = {**launch.isolation(self.settings.backend), **self.tenancy.facts()}

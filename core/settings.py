@@ -181,3 +181,28 @@ def _check_origins(values: dict[str, object]) -> None:
         values["base_domain"] = text
     elif "base_domain" in values:
         values["base_domain"] = None
+
+
+# -- `serve` hands its settings to the granian worker ------------------------------------
+# The worker is another process that builds the app itself (granian's factory): rather
+# than parsing flags and environment a second time, it decodes the very Settings that
+# `serve` built. The admin token is never written into it (it is in the environment
+# already when it was set that way; else the worker reads the token file).
+
+HANDOFF_VAR = "TEE_DAEMON_SETTINGS"
+
+
+def handoff(settings: Settings) -> dict[str, str]:
+    """Environment for the worker: the final settings as JSON, without the token."""
+    fields = msgspec.to_builtins(msgspec.structs.replace(settings, token=None), enc_hook=str)
+    return {HANDOFF_VAR: msgspec.json.encode(fields).decode()}
+
+
+def worker_settings(environ=os.environ) -> Settings:
+    """The settings `serve` handed over, else (a worker started otherwise) the environment's."""
+    raw = environ.get(HANDOFF_VAR)
+    if not raw:
+        return load_settings(environ=environ)
+    settings = msgspec.json.decode(raw, type=Settings, dec_hook=lambda kind, value: kind(value))
+    token = environ.get("TEE_DAEMON_TOKEN", "").strip()
+    return msgspec.structs.replace(settings, token=token or None)

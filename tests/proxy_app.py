@@ -11,6 +11,7 @@ from pathlib import Path
 from tee_daemon.web.accesslog import AccessLog
 from tee_daemon.proxy.forward import proxy_to
 from tee_daemon.web.ingress import Ingress, Route
+from tee_daemon.web.metrics import Metrics
 from tee_daemon.kernel.contract import Instance
 
 
@@ -37,7 +38,7 @@ async def _api(scope, receive, send):
 
 def create_app() -> Ingress:
     access = os.environ.get("PROXY_ACCESS_LOG")
-    ingress = Ingress(_api, access_log=AccessLog(Path(access)) if access else None)
+    ingress = Ingress(_api, metrics=Metrics(access_log=AccessLog(Path(access)) if access else None))
     max_body = os.environ.get("PROXY_MAX_BODY")
     for item in filter(None, os.environ.get("PROXY_ROUTES", "").split(",")):
         name, _, target = item.partition("=")

@@ -47,12 +47,8 @@ def forwarded(client_ip: str, trusted: frozenset[str]) -> dict[bytes, bytes]:
         "scheme": "http",
         "headers": [(b"host", b"example.org"), (b"x-forwarded-proto", b"https"), (b"x-forwarded-host", b"public.example")],
     }
-    saved = proxy.limits.trusted_proxies
-    proxy.limits.trusted_proxies = trusted
-    try:
-        lines, _, _ = proxy._forward_headers(scope, proxy._DROP_REQUEST)
-    finally:
-        proxy.limits.trusted_proxies = saved
+    scope[proxy.SCOPE_KEY] = proxy.ProxyLimits(trusted_proxies=trusted)  # as the front door hands it in
+    lines, _, _ = proxy._forward_headers(scope, proxy._DROP_REQUEST)
     return dict(line.rstrip(b"\r\n").split(b": ", 1) for line in lines)
 
 

@@ -59,6 +59,12 @@ _PAGE_HEADERS = [
 ]
 
 
+def error_body(status: int, detail: str, **extra: object) -> dict[str, object]:
+    """The SPEC's JSON error body (section 3): every refusal the daemon gives, from the
+    API, the router or the proxy, is built here."""
+    return {"status_code": status, "detail": detail, **extra}
+
+
 def wants_html(headers) -> bool:
     """A browser's navigation: HTML asked for and JSON not (ASGI header pairs)."""
     for name, value in headers:
@@ -76,5 +82,5 @@ def error_answer(scope, status: int, detail: str) -> tuple[list[tuple[bytes, byt
             f"<body><h1>{status}</h1><p>{text}</p></body></html>"
         ).encode()
         return [*_PAGE_HEADERS, (b"content-length", str(len(body)).encode())], body
-    body = json.dumps({"status_code": status, "detail": detail}).encode()
+    body = json.dumps(error_body(status, detail)).encode()
     return [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())], body

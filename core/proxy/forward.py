@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import os
 import re
@@ -95,28 +94,25 @@ _DROP_WS_RESPONSE = _HOP_BY_HOP | _DROP_RESPONSE | {
 }
 
 
-class _Limits:
-    """Process-wide defaults; `configure` sets them from the daemon's settings."""
+class ProxyLimits:
+    """What the daemon's settings say about forwarding, handed to every proxy by the
+    front door in the request's scope (`SCOPE_KEY`), so no proxy reads a global."""
 
-    max_request_body: int | None = None
-    # Peers (e.g. a TLS-terminating gateway in front of the daemon) whose
-    # X-Forwarded-Proto and X-Forwarded-Host are passed on instead of replaced.
-    trusted_proxies: frozenset[str] = frozenset()
+    __slots__ = ("max_request_body", "trusted_proxies")
 
-    def get_max_body(self) -> int:
-        if self.max_request_body is None:
-            from tee_daemon.settings import load_settings
-
-            self.max_request_body = load_settings().max_request_body
-        return self.max_request_body
+    def __init__(self, max_request_body: int = 32 * 2**20, trusted_proxies: frozenset[str] = frozenset()) -> None:
+        self.max_request_body = max_request_body
+        # Peers (e.g. a TLS-terminating gateway in front of the daemon) whose
+        # X-Forwarded-Proto and X-Forwarded-Host are passed on instead of replaced.
+        self.trusted_proxies = trusted_proxies
 
 
-limits = _Limits()
+SCOPE_KEY = "tee_daemon.proxy"
+DEFAULT_LIMITS = ProxyLimits()  # a proxy called outside the daemon's front door
 
 
-def configure(max_request_body: int, trusted_proxies: frozenset[str] = frozenset()) -> None:
-    limits.max_request_body = max_request_body
-    limits.trusted_proxies = trusted_proxies
+def limits_of(scope: Scope) -> ProxyLimits:
+    return scope.get(SCOPE_KEY) or DEFAULT_LIMITS
 
 
 class _UpstreamError(Exception):
@@ -320,13 +316,9 @@ class _Pool:
 # -- answers of the proxy itself ------------------------------------------------------
 
 
-async def _json(send: Send, status: int, detail: str, scope: Scope | None = None) -> None:
+async def _json(send: Send, status: int, detail: str, scope: Scope) -> None:
     """The proxy's own refusal: JSON, or a small HTML page for a browser's navigation."""
-    if scope is not None:
-        headers, body = error_answer(scope, status, detail)
-    else:
-        body = json.dumps({"status_code": status, "detail": detail}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers, body = error_answer(scope, status, detail)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -394,7 +386,7 @@ def _forward_headers(scope: Scope, drop: frozenset[bytes]) -> tuple[list[bytes],
     client = scope.get("client")
     addr = client[0].encode("latin-1") if client else b"unknown"
     lines.append(b"x-forwarded-for: " + (xff + b", " + addr if xff else addr) + b"\r\n")
-    if not (client and client[0] in limits.trusted_proxies):
+    if not (client and client[0] in limits_of(scope).trusted_proxies):
         given_proto = given_host = None  # Anyone else could claim anything.
     proto = given_proto or (b"https" if scope.get("scheme") in ("https", "wss") else b"http")
     lines.append(b"x-forwarded-proto: " + proto + b"\r\n")
@@ -511,7 +503,7 @@ class Proxy:
             upstream = (str(upstream[0]), int(upstream[1]))
         self.upstream = upstream
         self.pool = _Pool(upstream)
-        self.max_body = max_body if max_body is not None else limits.get_max_body()
+        self.max_body = max_body  # None: the front door's limit, from the settings
 
     def close(self) -> None:
         """Close idle pooled connections (requests in flight finish on their own)."""
@@ -524,7 +516,7 @@ class Proxy:
             return
         lines, length, chunked = _forward_headers(scope, _DROP_REQUEST)
         method: str = scope["method"]
-        max_body = self.max_body
+        max_body = self.max_body if self.max_body is not None else limits_of(scope).max_request_body
         first = b""
         streaming = False  # more body to come after `first`
         upload_chunked = False

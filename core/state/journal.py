@@ -57,12 +57,12 @@ def leaf_event(action: str, project: Project) -> dict[str, Any]:
 
 
 class Journal:
-    def __init__(self, data_dir: Path, tee: Tee | None, tee_error: str | None = None) -> None:
-        self.tee = tee
-        self.tee_mode = tee.mode if tee is not None else "unavailable"
+    def __init__(self, data_dir: Path) -> None:
+        self.tee: Tee | None = None  # set by `open`
+        self.tee_mode = "unavailable"
         self.log = TransparencyLog(Path(data_dir) / LOG_FILE)
         self.problem: str | None = None  # damage found by the journal itself (see reconcile)
-        self._tee_error = tee_error
+        self._tee_error: str | None = "the daemon is still starting"
         self._key = None
         self.public_key: str | None = None
         self.key_signature_chain: list[str] = []
@@ -75,8 +75,11 @@ class Journal:
 
     # -- start-up ---------------------------------------------------------------------
 
-    def open(self) -> Journal:
-        """Check the log on disk and derive the signing key. Blocking: run in a thread."""
+    def open(self, tee: Tee | None, tee_error: str | None = None) -> Journal:
+        """Check the log on disk and derive the signing key from `tee` (None: there is
+        none, `tee_error` says why). Blocking: run in a thread."""
+        self.tee, self._tee_error = tee, tee_error
+        self.tee_mode = tee.mode if tee is not None else "unavailable"
         self.log.open()
         if self.log.recovered:
             log.warning("transparency log: %s", self.log.recovered)

@@ -1,7 +1,11 @@
-"""The HTTP API under /_api (SPEC section 3), as Litestar route handlers.
+"""The HTTP API under /_api (SPEC section 3), as two Litestar controllers.
 
-Public handlers show attested projects only; admin handlers are guarded by the
-bearer token. Every refusal is a JSON error with a `detail` that says what was wrong.
+`DaemonAPI` (health, substrate, metrics) and `ProjectsAPI` (the projects). Public
+handlers show attested projects only (dev ones to the admin); admin handlers are behind
+the `admin_guard` (the bearer token). Handlers get the daemon's parts by dependency
+injection (`DEPENDENCIES`, provided by `web/app.py`), and each names its request and
+answer shapes for `/_api/schema` (`web/openapi.py`). Every refusal is a JSON error with
+a `detail` that says what was wrong.
 """
 
 from __future__ import annotations
@@ -12,23 +16,32 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import msgspec
-from litestar import Request, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import UploadFile
+from litestar.di import Provide
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
-from tee_daemon.web.auth import bearer_matches
 from tee_daemon.daemon import Daemon
 from tee_daemon.kernel.errors import NotFound, UserError
+from tee_daemon.run import logs
 from tee_daemon.state.models import NAME_RE, DeployRequest, Project
+from tee_daemon.web import shapes
+from tee_daemon.web.auth import bearer_matches
+from tee_daemon.web.openapi import ADMIN_REFUSALS, DEPLOY_EXAMPLES, DEPLOYED_EXAMPLE, NAMED_REFUSALS, documented
 
 MiB = 2**20
 T = TypeVar("T")
 
 
+# -- the daemon's parts, and who is asking ----------------------------------------------
+
+
 def daemon_of(connection: ASGIConnection) -> Daemon:
+    """The daemon behind this app (for guards and pages; handlers get it injected)."""
     return connection.app.state.daemon
 
 
@@ -44,73 +57,57 @@ def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         )
 
 
-# What every admin handler declares: the guard, and the bearer scheme in the OpenAPI.
+# What an admin handler outside `AdminAPI` declares: the guard, and the bearer scheme.
 ADMIN: dict[str, Any] = {"guards": [admin_guard], "security": [{"bearer": []}]}
 
 
-def project_url(request: Request, name: str) -> str:
-    """From TEE_DAEMON_PUBLIC_URL (else the listen address) and the base domain, never
-    from the request's Host (SPEC section 10)."""
-    return daemon_of(request).ingress.origins.project_url(name)  # type: ignore[union-attr]
+def _provide_daemon(request: Request) -> Daemon:
+    return daemon_of(request)
 
 
-def visible_project(request: Request, name: str) -> Project:
+def _provide_admin(request: Request) -> bool:
+    return is_admin(request)
+
+
+# App-wide dependencies: `daemon` (every part), `admin` (the request carries the token).
+DEPENDENCIES = {
+    "daemon": Provide(_provide_daemon, sync_to_thread=False),
+    "admin": Provide(_provide_admin, sync_to_thread=False),
+}
+
+
+def describe(daemon: Daemon, project: Project) -> dict[str, Any]:
+    """The public manifest and the project's URL: from TEE_DAEMON_PUBLIC_URL (else the
+    listen address) and the base domain, never from the request's Host (SPEC 10)."""
+    answer = {**project.public_manifest(), "url": daemon.origins.project_url(project.name)}
+    if project.mode == "attested":
+        answer["verification_url"] = daemon.origins.daemon_url(f"/_api/verification/{project.name}")
+    return answer
+
+
+def listing(daemon: Daemon, admin: bool) -> dict[str, Any]:
+    projects = daemon.deployer.projects.values()
+    return {
+        "projects": [
+            describe(daemon, p) for p in sorted(projects, key=lambda p: p.name) if admin or p.mode == "attested"
+        ],
+        # Every public answer says whether the TEE behind it is real (SPEC section 2).
+        "tee": daemon.tee_mode,
+    }
+
+
+def visible_project(daemon: Daemon, name: str, admin: bool) -> Project:
     """A project as the requester may see it: dev projects only for the admin."""
-    project = daemon_of(request).deployer.projects.get(name)  # type: ignore[union-attr]
-    if project is None or (project.mode != "attested" and not is_admin(request)):
+    project = daemon.deployer.projects.get(name)
+    if project is None or (project.mode != "attested" and not admin):
         raise NotFound(f"no attested project named {name!r}")
     return project
 
 
-def describe(request: Request, project: Project) -> dict[str, Any]:
-    answer = {**project.public_manifest(), "url": project_url(request, project.name)}
-    if project.mode == "attested":
-        origins = daemon_of(request).ingress.origins  # type: ignore[union-attr]
-        answer["verification_url"] = origins.daemon_url(f"/_api/verification/{project.name}")
-    return answer
-
-
-def listing(request: Request, admin: bool) -> dict[str, Any]:
-    projects = daemon_of(request).deployer.projects.values()  # type: ignore[union-attr]
-    return {
-        "projects": [
-            describe(request, p) for p in sorted(projects, key=lambda p: p.name) if admin or p.mode == "attested"
-        ],
-        # Every public answer says whether the TEE behind it is real (SPEC section 2).
-        "tee": daemon_of(request).tee_mode,
-    }
-
-
-# -- public --------------------------------------------------------------------------
-
-
-@get("/_api/health", sync_to_thread=False)
-def health(request: Request) -> dict[str, str]:
-    return {"status": "ok", "tee": daemon_of(request).tee_mode}
-
-
-@get("/_api/substrate", sync_to_thread=False)
-def substrate(request: Request) -> dict[str, Any]:
-    return daemon_of(request).substrate()
-
-
-@get("/_api/projects/{name:str}", sync_to_thread=False)
-def get_project(request: Request, name: str) -> dict[str, Any]:
-    answer = {**describe(request, visible_project(request, name)), "tee": daemon_of(request).tee_mode}
-    if is_admin(request):
-        # The running instance (state, restarts, crash loop) is for the operator only.
-        route = daemon_of(request).ingress.routes.get(name)  # type: ignore[union-attr]
-        answer["instance"] = route.instance.describe() if route else None
-    return answer
-
-
-# -- admin ---------------------------------------------------------------------------
-
-
 @contextmanager
-def counted(request: Request, name: str, action: str) -> Iterator[None]:
+def counted(daemon: Daemon, name: str, action: str) -> Iterator[None]:
     """Count an admin operation, ok or failed, for /_api/metrics."""
-    metrics = daemon_of(request).ingress.metrics  # type: ignore[union-attr]
+    metrics = daemon.metrics
     label = name if isinstance(name, str) and NAME_RE.fullmatch(name) else "(invalid)"
     try:
         yield
@@ -122,73 +119,172 @@ def counted(request: Request, name: str, action: str) -> Iterator[None]:
         metrics.forget(label)
 
 
-@get("/_api/metrics", **ADMIN, sync_to_thread=True)
-def metrics(request: Request) -> Response:
-    ingress = daemon_of(request).ingress
-    return Response(
-        ingress.metrics.render(dict(ingress.routes)),  # type: ignore[union-attr]
-        media_type="text/plain; version=0.0.4; charset=utf-8",
+# -- public --------------------------------------------------------------------------
+
+
+class DaemonAPI(Controller):
+    """The daemon itself: health and substrate (public), metrics (admin)."""
+
+    path = "/_api"
+
+    @get("/health", sync_to_thread=False, operation_class=documented(answer=shapes.Health))
+    def health(self, daemon: Daemon) -> dict[str, str]:
+        """The daemon is up; `tee` says whether the TEE behind it is real."""
+        return {"status": "ok", "tee": daemon.tee_mode}
+
+    @get("/substrate", sync_to_thread=False, operation_class=documented(answer=shapes.Substrate))
+    def substrate(self, daemon: Daemon) -> dict[str, Any]:
+        """What the daemon runs on: version, backend, runtimes, TEE, isolation, log."""
+        return daemon.substrate()
+
+    @get(
+        "/metrics",
+        **ADMIN,
+        sync_to_thread=True,
+        operation_class=documented(text="text/plain", refusals=ADMIN_REFUSALS),
     )
-
-
-@get("/_api/projects", **ADMIN, sync_to_thread=False)
-def list_projects(request: Request) -> dict[str, Any]:
-    return listing(request, admin=True)
-
-
-@post("/_api/projects", **ADMIN, status_code=HTTP_201_CREATED)
-async def create_project(request: Request) -> dict[str, Any]:
-    # The app-wide request_max_body_size (set from max_upload_bytes) bounds the body.
-    daemon = daemon_of(request)
-    limit = daemon.settings.max_upload_bytes + MiB
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        deploy_request, upload = await _read_multipart(request)
-    elif content_type.startswith("application/json") or not content_type:
-        body = await _read_body(request, limit)
-        deploy_request, upload = _decode_request(body, "request body"), None
-    else:
-        raise UserError(
-            f"unsupported content type {content_type.split(';')[0]!r}: send JSON or multipart/form-data",
-            status_code=415,
+    def metrics(self, daemon: Daemon) -> Response:
+        """Prometheus metrics: requests, latencies, deploys, restarts, memory per project."""
+        return Response(
+            daemon.metrics.render(dict(daemon.routes)),
+            media_type="text/plain; version=0.0.4; charset=utf-8",
         )
-    with counted(request, deploy_request.name, "deploy"):
-        project = await daemon.deployer.deploy(deploy_request, upload)  # type: ignore[union-attr]
-    return describe(request, project)
 
 
-class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True):
-    version: int | None = None
+class ProjectsAPI(Controller):
+    """Projects: one attested project's manifest is public; everything else is admin.
+    (Litestar wants one controller per path, so the guard is per handler.)"""
+
+    path = "/_api/projects"
+
+    @get(
+        "/{name:str}",
+        sync_to_thread=False,
+        operation_class=documented(answer=shapes.ProjectInfo, refusals={404: "no attested project of that name"}),
+    )
+    def get_project(self, daemon: Daemon, admin: bool, name: str) -> dict[str, Any]:
+        """One attested project's manifest (dev ones too with the admin token)."""
+        answer = {**describe(daemon, visible_project(daemon, name, admin)), "tee": daemon.tee_mode}
+        if admin:
+            # The running instance (state, restarts, crash loop) is for the operator only.
+            route = daemon.routes.get(name)
+            answer["instance"] = route.instance.describe() if route else None
+        return answer
 
 
-@post("/_api/projects/{name:str}/promote", **ADMIN, status_code=HTTP_200_OK)
-async def promote(request: Request, name: str) -> dict[str, Any]:
-    with counted(request, name, "promote"):
-        project = await daemon_of(request).deployer.promote(name)  # type: ignore[union-attr]
-    return describe(request, project)
+    @get("/", **ADMIN, sync_to_thread=False, operation_class=documented(answer=shapes.ProjectList, refusals=ADMIN_REFUSALS))
+    def list_projects(self, daemon: Daemon) -> dict[str, Any]:
+        """Every project, dev and attested."""
+        return listing(daemon, admin=True)
 
+    @post(
+        "/",
+        **ADMIN,
+        status_code=HTTP_201_CREATED,
+        operation_class=documented(
+            answer=shapes.ProjectInfo,
+            status=201,
+            body=DeployRequest,
+            multipart=True,
+            body_examples=DEPLOY_EXAMPLES,
+            answer_examples=DEPLOYED_EXAMPLE,
+            refusals={
+                **ADMIN_REFUSALS,
+                400: "the request or its source is invalid",
+                409: "the project is attested: only promote changes it",
+                413: "the upload is larger than TEE_DAEMON_MAX_UPLOAD_BYTES",
+                415: "neither JSON nor multipart/form-data",
+                422: "the new version did not build or start; the previous one keeps serving",
+            },
+        ),
+    )
+    async def create_project(self, daemon: Daemon, request: Request) -> dict[str, Any]:
+        """Deploy a new version from a git source (JSON) or a tarball (multipart); answers
+        once it serves."""
+        # The app-wide request_max_body_size (set from max_upload_bytes) bounds the body.
+        limit = daemon.settings.max_upload_bytes + MiB
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            deploy_request, upload = await _read_multipart(request)
+        elif content_type.startswith("application/json") or not content_type:
+            body = await _read_body(request, limit)
+            deploy_request, upload = _decode(body, DeployRequest, "request body"), None
+        else:
+            raise UserError(
+                f"unsupported content type {content_type.split(';')[0]!r}: send JSON or multipart/form-data",
+                status_code=415,
+            )
+        with counted(daemon, deploy_request.name, "deploy"):
+            project = await daemon.deployer.deploy(deploy_request, upload)
+        return describe(daemon, project)
 
-@post("/_api/projects/{name:str}/redeploy", **ADMIN, status_code=HTTP_200_OK)
-async def redeploy(request: Request, name: str) -> dict[str, Any]:
-    with counted(request, name, "redeploy"):
-        project, changed = await daemon_of(request).deployer.redeploy(name)  # type: ignore[union-attr]
-    return {"changed": changed, **describe(request, project)}
+    @post(
+        "/{name:str}/promote",
+        **ADMIN,
+        status_code=HTTP_200_OK,
+        operation_class=documented(answer=shapes.ProjectInfo, refusals={**NAMED_REFUSALS, 503: "the log cannot record it"}),
+    )
+    async def promote(self, daemon: Daemon, name: str) -> dict[str, Any]:
+        """Make the project attested: its versions are logged from now on."""
+        with counted(daemon, name, "promote"):
+            project = await daemon.deployer.promote(name)
+        return describe(daemon, project)
 
+    @post(
+        "/{name:str}/redeploy",
+        **ADMIN,
+        status_code=HTTP_200_OK,
+        operation_class=documented(answer=shapes.ProjectInfo, refusals={**NAMED_REFUSALS, 422: "the build failed"}),
+    )
+    async def redeploy(self, daemon: Daemon, name: str) -> dict[str, Any]:
+        """Fetch the project's source again; a new version only if it changed (`changed`)."""
+        with counted(daemon, name, "redeploy"):
+            project, changed = await daemon.deployer.redeploy(name)
+        return {"changed": changed, **describe(daemon, project)}
 
-@post("/_api/projects/{name:str}/rollback", **ADMIN, status_code=HTTP_200_OK)
-async def rollback(request: Request, name: str) -> dict[str, Any]:
-    body = await _read_body(request, 64 * 1024)
-    wanted = _decode(body, RollbackRequest, "request body") if body.strip() else RollbackRequest()
-    with counted(request, name, "rollback"):
-        project = await daemon_of(request).deployer.rollback(name, wanted.version)  # type: ignore[union-attr]
-    return describe(request, project)
+    @post(
+        "/{name:str}/rollback",
+        **ADMIN,
+        status_code=HTTP_200_OK,
+        operation_class=documented(
+            answer=shapes.ProjectInfo,
+            body=shapes.RollbackRequest,
+            body_required=False,
+            body_examples={"previous": {}, "a kept version": {"version": 2}},
+            refusals={**NAMED_REFUSALS, 400: "no such kept version", 422: "it did not start"},
+        ),
+    )
+    async def rollback(self, daemon: Daemon, request: Request, name: str) -> dict[str, Any]:
+        """Serve a kept version again (default: the one before the current)."""
+        body = await _read_body(request, 64 * 1024)
+        wanted = _decode(body, shapes.RollbackRequest, "request body") if body.strip() else shapes.RollbackRequest()
+        with counted(daemon, name, "rollback"):
+            project = await daemon.deployer.rollback(name, wanted.version)
+        return describe(daemon, project)
 
+    @delete("/{name:str}", **ADMIN, status_code=HTTP_200_OK, operation_class=documented(answer=shapes.Deleted, refusals=NAMED_REFUSALS))
+    async def delete_project(self, daemon: Daemon, name: str) -> dict[str, Any]:
+        """Stop the project and remove its versions and data."""
+        with counted(daemon, name, "delete"):
+            await daemon.deployer.delete(name)
+        return {"deleted": name}
 
-@delete("/_api/projects/{name:str}", **ADMIN, status_code=HTTP_200_OK)
-async def delete_project(request: Request, name: str) -> dict[str, Any]:
-    with counted(request, name, "delete"):
-        await daemon_of(request).deployer.delete(name)  # type: ignore[union-attr]
-    return {"deleted": name}
+    @get(
+        "/{name:str}/logs",
+        **ADMIN,
+        operation_class=documented(text="text/plain", refusals={**NAMED_REFUSALS, 400: "'lines' below zero"}),
+    )
+    async def project_logs(self, daemon: Daemon, name: str, follow: bool = False, lines: int | None = None) -> Any:
+        """The project's stdout/stderr; `?follow=1` keeps streaming new output."""
+        if name not in daemon.deployer.projects:
+            raise NotFound(f"no project named {name!r}")
+        if lines is not None and lines < 0:
+            raise UserError("'lines' must be zero or more")
+        folder = daemon.store.logs_dir(name)
+        headers = {"cache-control": "no-cache", "x-content-type-options": "nosniff"}
+        if follow:
+            return Stream(logs.follow(folder, lines), media_type="text/plain; charset=utf-8", headers=headers)
+        return Response(logs.read(folder, lines), media_type="text/plain; charset=utf-8", headers=headers)
 
 
 # -- request bodies ------------------------------------------------------------------
@@ -203,10 +299,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise UserError(f"request body larger than {limit} bytes", status_code=413)
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _decode_request(raw: bytes | str, where: str) -> DeployRequest:
-    return _decode(raw, DeployRequest, where)
 
 
 def _decode(raw: bytes | str, kind: type[T], where: str) -> T:
@@ -233,40 +325,9 @@ async def _read_multipart(request: Request) -> tuple[DeployRequest, io.BufferedI
         raise UserError("multipart deploy needs a 'files' part holding a tar or tar.gz file")
     if isinstance(manifest, UploadFile):
         manifest = await manifest.read()
-    deploy_request = _decode_request(manifest, "manifest")
+    deploy_request = _decode(manifest, DeployRequest, "manifest")
     files.file.seek(0)
     return deploy_request, files.file  # type: ignore[return-value]
 
 
-@get("/_api/projects/{name:str}/logs", **ADMIN)
-async def project_logs(request: Request, name: str, follow: bool = False, lines: int | None = None) -> Any:
-    """The project's stdout/stderr; `?follow=1` keeps streaming new output."""
-    from litestar.response import Stream
-
-    from tee_daemon.run import logs
-
-    daemon = daemon_of(request)
-    if name not in daemon.deployer.projects:  # type: ignore[union-attr]
-        raise NotFound(f"no project named {name!r}")
-    if lines is not None and lines < 0:
-        raise UserError("'lines' must be zero or more")
-    folder = daemon.store.logs_dir(name)
-    headers = {"cache-control": "no-cache", "x-content-type-options": "nosniff"}
-    if follow:
-        return Stream(logs.follow(folder, lines), media_type="text/plain; charset=utf-8", headers=headers)
-    return Response(logs.read(folder, lines), media_type="text/plain; charset=utf-8", headers=headers)
-
-
-ROUTES = [
-    health,
-    substrate,
-    get_project,
-    list_projects,
-    create_project,
-    promote,
-    redeploy,
-    rollback,
-    delete_project,
-    metrics,
-    project_logs,
-]
+CONTROLLERS = [DaemonAPI, ProjectsAPI]

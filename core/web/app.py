@@ -15,37 +15,43 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from tee_daemon import __version__
 
 from tee_daemon.web import admin, viewer
-from tee_daemon.web.api import ROUTES, daemon_of, is_admin, listing
-from tee_daemon.web.public import ATTEST_ROUTES
+from tee_daemon.web.api import CONTROLLERS, DEPENDENCIES, listing
+from tee_daemon.web import shapes
+from tee_daemon.web.openapi import COMPONENTS, documented
+from tee_daemon.web.public import AttestationAPI
 from tee_daemon.daemon import Daemon
-from tee_daemon.kernel.errors import UserError
+from tee_daemon.kernel.errors import UserError, error_body
 from tee_daemon.web.ingress import Ingress
 from tee_daemon.web.schema_page import PlainSchemaPage
-from tee_daemon.settings import Settings, load_settings
+from tee_daemon.settings import Settings
 
 log = logging.getLogger("tee_daemon.web.app")
 MiB = 2**20
 
 
-@get("/", sync_to_thread=False, include_in_schema=True)
-def root(request: Request) -> Response:
-    """The attested projects as JSON, or the viewer page for browsers."""
+@get("/", sync_to_thread=False, include_in_schema=True, operation_class=documented(answer=shapes.ProjectList))
+def root(request: Request, daemon: Daemon, admin: bool) -> Response:
+    """The attested projects as JSON (dev ones too for the admin), or the viewer page
+    for browsers."""
     if viewer.wants_html(request):
-        return viewer.html_response(viewer.viewer_page(daemon_of(request)))
-    return Response(listing(request, admin=is_admin(request)))
+        return viewer.html_response(viewer.viewer_page(daemon))
+    return Response(listing(daemon, admin=admin))
 
 
 BAD_BODY = "the request body is malformed or was cut short (bad chunk size or fewer bytes than announced)"
 _BODY_STATE = "tee_daemon.body"  # scope key: the front door's record of the request body
 
 
-def _error(request: Request, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    """An error as JSON, or as a small HTML page for a browser's navigation. Public
-    answers (a dev or unknown project's 404 included) are readable from any origin."""
+def _error(
+    request: Request, status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
+    """An error as the SPEC's JSON body, or as a small HTML page for a browser's
+    navigation. Public answers (a dev or unknown project's 404 included) are readable
+    from any origin."""
     headers = {**(headers or {}), "Access-Control-Allow-Origin": "*"}
     if viewer.wants_html(request):
-        return viewer.html_response(viewer.error_page(status, str(body.get("detail", ""))), status, headers)
-    return Response(body, status_code=status, headers=headers)
+        return viewer.html_response(viewer.error_page(status, detail), status, headers)
+    return Response(error_body(status, detail, **extra), status_code=status, headers=headers)
 
 
 def _body_broken(request: Request) -> bool:
@@ -54,31 +60,24 @@ def _body_broken(request: Request) -> bool:
 
 
 def user_error_handler(request: Request, exc: UserError) -> Response:
-    body = {"status_code": exc.status_code, "detail": exc.detail, **exc.extra}
-    return _error(request, exc.status_code, body)
+    return _error(request, exc.status_code, exc.detail, **exc.extra)
 
 
 def http_error_handler(request: Request, exc: HTTPException) -> Response:
     if exc.status_code >= 500 and _body_broken(request):
         # Litestar reads a malformed or truncated body (granian reports it as a
         # disconnect) as "client disconnected prematurely", a 500: it is the client's.
-        return _error(request, 400, {"status_code": 400, "detail": BAD_BODY})
-    body: dict[str, Any] = {"status_code": exc.status_code, "detail": exc.detail}
-    if exc.extra:
-        body["extra"] = exc.extra
-    return _error(request, exc.status_code, body, exc.headers)
+        return _error(request, 400, BAD_BODY)
+    extra = {"extra": exc.extra} if exc.extra else {}
+    return _error(request, exc.status_code, exc.detail, exc.headers, **extra)
 
 
 def internal_error_handler(request: Request, exc: Exception) -> Response:
     if _body_broken(request):
-        return _error(request, 400, {"status_code": 400, "detail": BAD_BODY})
+        return _error(request, 400, BAD_BODY)
     # Log the cause for the operator; answer without a trace (it could hold secrets).
     log.exception("internal error on %s %s", request.method, request.url.path)
-    return _error(
-        request,
-        HTTP_500_INTERNAL_SERVER_ERROR,
-        {"status_code": 500, "detail": "internal error; the daemon log has the cause"},
-    )
+    return _error(request, HTTP_500_INTERNAL_SERVER_ERROR, "internal error; the daemon log has the cause")
 
 
 class _Body:
@@ -187,8 +186,11 @@ class FrontDoor:
 
 
 def build_app(daemon: Daemon) -> Ingress:
+    """The daemon's front door: the router (its routes, metrics and origins) in front of
+    the Litestar API, whose handlers get the daemon's parts injected."""
     api = Litestar(
-        route_handlers=[root, *ROUTES, *viewer.ROUTES, *ATTEST_ROUTES, *admin.ROUTES],
+        route_handlers=[root, *CONTROLLERS, AttestationAPI, *viewer.ROUTES, *admin.ROUTES],
+        dependencies=DEPENDENCIES,
         on_startup=[daemon.start],  # bound coroutine functions: Litestar awaits them
         on_shutdown=[daemon.stop],
         exception_handlers={
@@ -202,17 +204,28 @@ def build_app(daemon: Daemon) -> Ingress:
             version=__version__,
             path="/_api/schema",
             render_plugins=[PlainSchemaPage()],
+            use_handler_docstrings=True,
             components=Components(
-                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="the admin token")}
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="the admin token")},
             ),
         ),
         request_max_body_size=daemon.settings.max_upload_bytes + MiB,
         debug=False,
     )
-    api.state.daemon = daemon
-    return daemon.attach(FrontDoor(api))
+    api.state.daemon = daemon  # for the admin guard and the pages
+    # The shapes the operations name (web/openapi.py): Litestar fills the components
+    # from what it saw itself, so msgspec's JSON Schemas are added to the built document.
+    document = api.openapi_schema.components
+    document.schemas = {**(document.schemas or {}), **COMPONENTS}  # type: ignore[dict-item]
+    return Ingress(
+        FrontDoor(api),
+        routes=daemon.routes,
+        metrics=daemon.metrics,
+        origins=daemon.origins,
+        proxy_limits=daemon.proxy_limits,
+    )
 
 
-def create_app(settings: Settings | None = None) -> Ingress:
-    """The factory granian's workers call; settings come from the environment."""
-    return build_app(Daemon(settings or load_settings()))
+def create_app(settings: Settings) -> Ingress:
+    """The app for `settings` (granian's factory is `web/connguard.create_app`)."""
+    return build_app(Daemon(settings))

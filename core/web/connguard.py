@@ -246,9 +246,9 @@ def create_app():
     """granian's factory: the silent-connection guard, then the daemon's app."""
     global _guard
     from tee_daemon.web.app import create_app as build
-    from tee_daemon.settings import load_settings
+    from tee_daemon.settings import worker_settings
 
-    settings = load_settings()
+    settings = worker_settings()  # the ones `serve` built
     if _guard is None:
         _guard = SilentGuard(settings.port, settings.header_timeout).start()
     return build(settings)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 
-from tee_daemon.web.accesslog import AccessLog
 from tee_daemon.kernel.errors import error_answer
+from tee_daemon.proxy.forward import SCOPE_KEY, ProxyLimits
 from tee_daemon.web.metrics import Metrics
 from tee_daemon.web.origins import DAEMON, OTHER, PROJECT, Origins
+from tee_daemon.settings import Settings
 from tee_daemon.kernel.contract import ASGIApp, Instance, Receive, Scope, Send
 
 # The daemon's own paths (no project name starts with "_").
@@ -53,26 +54,29 @@ class Route:
 
 
 class Ingress:
-    def __init__(self, api: ASGIApp, access_log: AccessLog | None = None, origins: Origins | None = None) -> None:
+    """The daemon's ASGI entry: its parts (the live routes the deployer switches, the
+    metrics, the origins, the proxy limits) are the daemon's, handed in."""
+
+    def __init__(
+        self,
+        api: ASGIApp,
+        *,
+        routes: dict[str, Route] | None = None,
+        metrics: Metrics | None = None,
+        origins: Origins | None = None,
+        proxy_limits: ProxyLimits | None = None,
+    ) -> None:
         self.api = api
-        if origins is None:
-            from tee_daemon.settings import Settings
-
-            origins = Origins(Settings())
-        self.origins = origins
-        self.routes: dict[str, Route] = {}
-        self.metrics = Metrics()
-        self.metrics.access_log = access_log  # one line per project request
-
-    def close(self) -> None:
-        """Flush the access log (at shutdown)."""
-        if self.metrics.access_log is not None:
-            self.metrics.access_log.close()
+        self.routes: dict[str, Route] = routes if routes is not None else {}
+        self.metrics = metrics or Metrics()
+        self.origins = origins or Origins(Settings())
+        self.proxy_limits = proxy_limits or ProxyLimits()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self.api(scope, receive, send)
             return
+        scope[SCOPE_KEY] = self.proxy_limits  # what any proxy behind us forwards under
         origins = self.origins
         raw_host = origins.request_host(scope)
         kind, host_project = origins.classify(raw_host)

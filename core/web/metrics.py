@@ -35,13 +35,13 @@ class ProjectStats:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, access_log: Any = None) -> None:
         self.started = time.time()
         self.projects: dict[str, ProjectStats] = {}
         self.unrouted = 0  # requests for names no project has
         self.deploys: dict[tuple[str, str, str], int] = {}  # (project, action, result)
         self.restarts: dict[str, int] = {}
-        self.access_log: Any = None  # an accesslog.AccessLog, attached by the daemon
+        self.access_log = access_log  # an accesslog.AccessLog: one line per project request
 
     # -- the hot path --------------------------------------------------------------
 
@@ -141,14 +141,13 @@ class Metrics:
             )
 
         facts = {name: _facts(route.instance) for name, route in (routes or {}).items()}
-        restarts = dict(self.restarts)
-        for name, f in facts.items():
-            if isinstance(f.get("restarts"), int):
-                restarts[name] = restarts.get(name, 0) + f["restarts"]
+        # Counted as supervision restarts (its callback: `restart`), across versions;
+        # every routed project has a series, 0 until its first restart.
+        restarts = {name: 0 for name in facts} | self.restarts
         family(
             "tee_daemon_restarts_total",
             "counter",
-            "Restarts of crashed project processes (the serving version's count; resets on a new version).",
+            "Restarts of crashed or unresponsive project processes and containers since the daemon started.",
         )
         for name, n in sorted(restarts.items()):
             out.append(f'tee_daemon_restarts_total{{project="{_label(name)}"}} {n}')

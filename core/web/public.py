@@ -12,24 +12,22 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from litestar import Request, Response, get
+from litestar import Controller, Request, Response, get
 
-from tee_daemon.web.api import daemon_of, describe
+from tee_daemon.daemon import Daemon
 from tee_daemon.kernel.errors import NotFound, UserError
-from tee_daemon.state.journal import Journal, Unavailable
 from tee_daemon.state.models import Project
+from tee_daemon.web import shapes
+from tee_daemon.web.api import describe
+from tee_daemon.web.openapi import documented
+
+NAMED = {404: "no attested project of that name", 503: "the log is damaged or the TEE unavailable"}
+LOG = {503: "the log is damaged or the TEE unavailable"}
 
 
-def _journal(request: Request) -> Journal:
-    journal = daemon_of(request).journal
-    if journal is None:
-        raise Unavailable("the daemon is still starting: attestation is not ready yet")
-    return journal
-
-
-def attested_project(request: Request, name: str) -> Project:
+def attested_project(daemon: Daemon, name: str) -> Project:
     """Attested projects only; the admin token changes nothing here."""
-    project = daemon_of(request).deployer.projects.get(name)  # type: ignore[union-attr]
+    project = daemon.deployer.projects.get(name)
     if project is None or project.mode != "attested":
         raise NotFound(f"no attested project named {name!r}")
     return project
@@ -58,82 +56,89 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in accept and "application/json" not in accept
 
 
-# -- per project -----------------------------------------------------------------------
-
-
-@get("/_api/projects/{name:str}/audit", sync_to_thread=False)
-def audit(request: Request, name: str) -> dict[str, Any]:
-    """The project's log entries with inclusion proofs, and the signed checkpoint."""
-    attested_project(request, name)
-    return _journal(request).audit(name)
-
-
-@get("/_api/attest/{name:str}")
-async def attest(request: Request, name: str) -> dict[str, Any]:
-    """`{quote, event_log, report_data_preimage, tee, checkpoint}`; `?nonce=HEX` for a fresh quote."""
-    project = attested_project(request, name)
-    return await _journal(request).attestation(project, _nonce(request))
-
-
-async def verification_json(request: Request, name: str) -> dict[str, Any]:
+async def verification_json(daemon: Daemon, request: Request, name: str) -> dict[str, Any]:
     """Manifest, attestation and audit from one log size, so they agree with each other."""
-    daemon = daemon_of(request)
-    project = attested_project(request, name)
-    journal = _journal(request)
+    project = attested_project(daemon, name)
+    journal = daemon.journal
     nonce = _nonce(request)
     size = journal.snapshot_size()  # read after the project: its live entry is inside
     attestation = await journal.attestation(project, nonce, size)
     return {
         "name": name,
         "tee": daemon.tee_mode,
-        "manifest": {**describe(request, project), "tee": daemon.tee_mode},
+        "manifest": {**describe(daemon, project), "tee": daemon.tee_mode},
         "attestation": attestation,
         "audit": journal.audit(name, size),
     }
 
 
-@get("/_api/verification/{name:str}")
-async def verification(request: Request, name: str) -> Response:
-    """Everything a verifier needs in one answer; `Accept: text/html` gives the human page."""
-    if _wants_html(request):
-        attested_project(request, name)
-        from tee_daemon.web import viewer
+class AttestationAPI(Controller):
+    path = "/_api"
+    tags = ["attestation"]
 
-        page = getattr(viewer, "verification_page", None)
-        if page is not None:
-            html = page(daemon_of(request), name)
-            if inspect.isawaitable(html):
-                html = await html
-            return viewer.html_response(html)  # CSP, nosniff, no framing, Vary: Accept
-    # One URL, two representations: a shared cache must key on Accept.
-    return Response(await verification_json(request, name), headers={"Vary": "Accept"})
+    # -- per project -------------------------------------------------------------------
 
+    @get("/projects/{name:str}/audit", sync_to_thread=False, operation_class=documented(answer=shapes.Audit, refusals=NAMED))
+    def audit(self, daemon: Daemon, name: str) -> dict[str, Any]:
+        """The project's log entries with inclusion proofs, and the signed checkpoint."""
+        attested_project(daemon, name)
+        return daemon.journal.audit(name)
 
-# -- the whole log ---------------------------------------------------------------------
+    @get(
+        "/attest/{name:str}",
+        operation_class=documented(answer=shapes.Attestation, refusals={**NAMED, 400: "the nonce is not hex"}),
+    )
+    async def attest(self, daemon: Daemon, request: Request, name: str) -> dict[str, Any]:
+        """`{quote, event_log, report_data_preimage, tee, checkpoint}`; `?nonce=HEX` for a fresh quote."""
+        project = attested_project(daemon, name)
+        return await daemon.journal.attestation(project, _nonce(request))
 
+    @get(
+        "/verification/{name:str}",
+        operation_class=documented(answer=shapes.Verification, refusals={**NAMED, 400: "the nonce is not hex"}),
+    )
+    async def verification(self, daemon: Daemon, request: Request, name: str) -> Response:
+        """Everything a verifier needs in one answer; `Accept: text/html` gives the human page."""
+        if _wants_html(request):
+            attested_project(daemon, name)
+            from tee_daemon.web import viewer
 
-@get("/_api/log/checkpoint", sync_to_thread=False)
-def log_checkpoint(request: Request) -> dict[str, Any]:
-    """The current signed checkpoint of the whole log."""
-    return _journal(request).checkpoint()
+            page = getattr(viewer, "verification_page", None)
+            if page is not None:
+                html = page(daemon, name)
+                if inspect.isawaitable(html):
+                    html = await html
+                return viewer.html_response(html)  # CSP, nosniff, no framing, Vary: Accept
+        # One URL, two representations: a shared cache must key on Accept.
+        return Response(await verification_json(daemon, request, name), headers={"Vary": "Accept"})
 
+    # -- the whole log -----------------------------------------------------------------
 
-@get("/_api/log/consistency", sync_to_thread=False)
-def log_consistency(request: Request) -> dict[str, Any]:
-    """An RFC 6962 consistency proof between log sizes `from` and `to` (default: now)."""
-    journal = _journal(request)
-    m = _int_param(request, "from", None)
-    if m is None:
-        raise UserError("query parameter 'from' is required")
-    n = _int_param(request, "to", journal.snapshot_size())
-    return journal.consistency(m, n)  # type: ignore[arg-type]
+    @get("/log/checkpoint", sync_to_thread=False, operation_class=documented(answer=shapes.Checkpoint, refusals=LOG))
+    def log_checkpoint(self, daemon: Daemon) -> dict[str, Any]:
+        """The current signed checkpoint of the whole log."""
+        return daemon.journal.checkpoint()
 
+    @get(
+        "/log/consistency",
+        sync_to_thread=False,
+        operation_class=documented(answer=shapes.Consistency, refusals={**LOG, 400: "'from' missing or sizes out of range"}),
+    )
+    def log_consistency(self, daemon: Daemon, request: Request) -> dict[str, Any]:
+        """An RFC 6962 consistency proof between log sizes `from` and `to` (default: now)."""
+        journal = daemon.journal
+        m = _int_param(request, "from", None)
+        if m is None:
+            raise UserError("query parameter 'from' is required")
+        n = _int_param(request, "to", journal.snapshot_size())
+        return journal.consistency(m, n)  # type: ignore[arg-type]
 
-@get("/_api/log/entries", sync_to_thread=False)
-def log_entries(request: Request) -> dict[str, Any]:
-    """The log's leaves in index order, `start` (default 0) to `end` (exclusive), ≤ 1000."""
-    journal = _journal(request)
-    return journal.entries(_int_param(request, "start", 0), _int_param(request, "end", None))  # type: ignore[arg-type]
-
-
-ATTEST_ROUTES = [audit, attest, verification, log_checkpoint, log_consistency, log_entries]
+    @get(
+        "/log/entries",
+        sync_to_thread=False,
+        operation_class=documented(answer=shapes.LogEntries, refusals={400: "start and end out of range"}),
+    )
+    def log_entries(self, daemon: Daemon, request: Request) -> dict[str, Any]:
+        """The log's leaves in index order, `start` (default 0) to `end` (exclusive), ≤ 1000."""
+        start = _int_param(request, "start", 0)
+        return daemon.journal.entries(start, _int_param(request, "end", None))  # type: ignore[arg-type]

@@ -292,7 +292,7 @@ def viewer_page(daemon) -> str:
     projects = sorted(
         (p for p in daemon.deployer.projects.values() if p.mode == "attested"), key=lambda p: p.name
     )
-    origins = daemon.ingress.origins  # the project's own origin with a base domain
+    origins = daemon.origins  # the project's own origin with a base domain
     manifests = [{**p.public_manifest(), "href": origins.project_href(p.name)} for p in projects]
     if manifests:
         count = f"{len(manifests)} attested project{'s' if len(manifests) != 1 else ''}"
