@@ -25,6 +25,7 @@ BUILTIN_PLUGINS = (
     "tee_daemon_plugins.runtime_node",
     "tee_daemon_plugins.runtime_python",
     "tee_daemon_plugins.runtime_dockerfile",
+    "tee_daemon_plugins.runtime_command",
 )
 
 
