@@ -91,3 +91,12 @@ __all__ = [
     "project_log",
     # -- names added by other engineers (container executor for the dockerfile plugin, ...) --
 ]
+
+# -- what a build installed (engineer G, SPEC 12): `runtime_build` returns a BuildReport --
+# with the lockfile's digest and the installed tree's id, computed by the same rules the
+# verifier applies (`tee-daemon verify --deps`).
+from tee_daemon.kernel.contract import BuildReport  # noqa: E402
+from tee_daemon.trust.depstree import deps_tree_sha256  # noqa: E402
+from tee_daemon.trust.lockfiles import file_sha256, npm_lockfile, requirements_pinned  # noqa: E402
+
+__all__ += ["BuildReport", "deps_tree_sha256", "file_sha256", "npm_lockfile", "requirements_pinned"]

@@ -160,7 +160,8 @@ def _duplicate(events: list[dict]) -> None:
     "edit, failing",
     [
         (_flip_digest, {"rtmr3 replay", "event digests"}),
-        (_other_compose_hash, {"rtmr3 replay", "compose-hash"}),
+        # The published app-compose no longer hashes to the (forged) compose-hash either.
+        (_other_compose_hash, {"rtmr3 replay", "compose-hash", "app_compose"}),
         (_drop, {"rtmr3 replay", "instance-id"}),
         (_duplicate, {"rtmr3 replay", "app-id"}),
     ],
@@ -171,7 +172,7 @@ def test_doctored_event_log_fails(daemon, attested, bundle, tmp_path, edit, fail
     failed = {n for n, c in got.items() if not c.ok}
     assert failing <= failed, (failing, failed)
     # Nothing else the event log does not touch fails.
-    assert failed <= {"rtmr3 replay", "event digests", "app-id", "compose-hash", "instance-id"}
+    assert failed <= {"rtmr3 replay", "event digests", "app-id", "compose-hash", "instance-id", "app_compose"}
 
 
 def test_missing_or_garbled_event_log_fails(daemon, attested, bundle, tmp_path) -> None:

@@ -100,7 +100,8 @@ class TeeSimulator:
         self.instance_id = _hmac(self._root, "instance-id")[:20]
         self.device_id = _hmac(self._root, "device-id")
         self.app_compose = json.dumps(
-            {"manifest_version": 2, "name": "tee-daemon-simulator", "runner": "tee-daemon",
+            {"manifest_version": 2, "name": "tee-daemon-simulator", "runner": "docker-compose",
+             "docker_compose_file": "services:\n  tee-daemon:\n    image: tee-daemon:simulated\n",
              "kms_enabled": False, "key_provider": "none", "simulated": True},
             sort_keys=True, separators=(",", ":"),
         )

@@ -105,6 +105,9 @@ class Tee:
             compose_hash=i.compose_hash, os_image_hash=i.os_image_hash,
             mr_aggregated=i.mr_aggregated, key_provider_info=i.key_provider_info,
             mrtd=tcb.mrtd, rtmr0=tcb.rtmr0, rtmr1=tcb.rtmr1, rtmr2=tcb.rtmr2, rtmr3=tcb.rtmr3,
+            # The app-compose document the daemon runs under (SPEC 12): its SHA-256 is the
+            # event log's compose-hash, so a verifier sees which image the quote vouches for.
+            app_compose=tcb.app_compose,
         )
         return facts
 

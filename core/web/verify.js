@@ -329,15 +329,32 @@
     });
 
     await check("manifest", "manifest_sha256 = SHA-256 of the manifest's fields", async () => {
-      const fields = ["name", "runtime", "entry", "env", "secret_names", "source", "ref", "commit", "tree_sha1", "tree_sha256"];
+      const fields = ["name", "runtime", "entry", "env", "secret_names", "source", "ref", "commit", "tree_sha1", "tree_sha256",
+        "command", "image", "port", // SPEC 11
+        "toolchain", "lock_sha256", "deps_tree_sha256", "pinned"]; // SPEC 12: what runs beyond the tree
       const picked = {};
       for (const f of fields) picked[f] = f in manifest ? manifest[f] : null;
       const got = bytesToHex(await sha256(enc.encode(canonical(picked))));
       const ok = got === manifest.manifest_sha256 && manifest.name === project;
       record("manifest", "manifest_sha256 = SHA-256 of the manifest's fields", ok ? "pass" : "fail",
-        ok ? "The published manifest (runtime, entry, env, secret names, source, commit, tree) is exactly what the hash covers."
+        ok ? "The published manifest (runtime, entry, env, secret names, source, commit, tree, toolchain, lockfile and installed dependency tree) is exactly what the hash covers."
            : "The manifest shown does not hash to the manifest_sha256 the quote and log commit to.",
         [["computed", got], ["published", manifest.manifest_sha256]]);
+    });
+
+    await check("deps", "Dependencies are pinned by a lockfile", async () => {
+      const tools = Object.entries(manifest.toolchain || {}).sort().map(([k, v]) => `${k} ${v}`).join(", ");
+      const rows = [["toolchain", tools || "not recorded"], ["pinned", String(manifest.pinned === true)],
+        ["lock_sha256", manifest.lock_sha256 || "none"], ["deps_tree_sha256", manifest.deps_tree_sha256 || "nothing installed"]];
+      if (manifest.pinned === true) {
+        record("deps", "Dependencies are pinned by a lockfile", "pass",
+          manifest.deps_tree_sha256
+            ? "Every installed dependency is fixed by the lockfile with integrity hashes: reinstalling it with this toolchain gives the same tree (tee-daemon verify --deps checks that)."
+            : "Nothing is installed beyond the source tree.", rows);
+      } else {
+        record("deps", "Dependencies are pinned by a lockfile", "warn",
+          "NOT pinned: the dependencies were resolved at deploy time, so the same source can run other package versions after a redeploy, and nobody can reproduce the installed tree from this evidence (see below).", rows);
+      }
     });
 
     await check("checkpoint-note", "Checkpoint note matches its size and root", async () => {
@@ -501,6 +518,10 @@
       ["source", m.source], ["ref", m.ref], ["commit", m.commit],
       ["tree_sha1", m.tree_sha1], ["tree_sha256", m.tree_sha256],
       ["env", env], ["secret_names", (m.secret_names || []).join(", ") || null],
+      ...["command", "image", "port"].filter((k) => m[k] !== null && m[k] !== undefined).map((k) => [k, String(m[k])]),
+      ["toolchain", Object.entries(m.toolchain || {}).sort().map(([k, v]) => `${k} ${v}`).join("\n") || null],
+      ["pinned", m.pinned === true ? "yes: installed from a lockfile with integrity hashes" : "NO: dependencies resolved at deploy time"],
+      ["lock_sha256", m.lock_sha256], ["deps_tree_sha256", m.deps_tree_sha256],
       ["promoted_at", m.promoted_at], ["last_changed_at", m.last_changed_at],
       ["manifest_sha256", m.manifest_sha256],
     ]));

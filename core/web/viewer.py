@@ -264,6 +264,20 @@ def _card(p: dict[str, Any]) -> str:
     source_button = (
         f'<a class="button" href="{e(link)}" rel="noopener noreferrer">Source at {e(commit[:7])}</a>' if link else ""
     )
+    toolchain = p.get("toolchain") or {}
+    toolchain_html = (
+        " ".join(f"<code>{e(k)} {e(v)}</code>" for k, v in sorted(toolchain.items()))
+        if toolchain
+        else '<span class="none">not recorded</span>'
+    )
+    lock = p.get("lock_sha256")
+    lock_html = f' lockfile <code class="hash" title="SHA-256 of the lockfile">{e(lock[:16])}</code>' if lock else ""
+    deps_html = (
+        f'<span class="badge pinned">pinned</span>{lock_html}'
+        if p.get("pinned")
+        else f'<span class="badge unpinned">NOT pinned</span>{lock_html}'
+        ' <span class="none">(what it installs may change between deploys)</span>'
+    )
     verify_href = f"/_api/verification/{e(name)}"
     app_href = e(p.get("href") or f"/{name}/")
     return f"""<li class="card" data-project="{e(name)}">
@@ -279,6 +293,8 @@ def _card(p: dict[str, Any]) -> str:
     <dt>Last change</dt><dd>{_time(p.get("last_changed_at"))}</dd>
     <dt>Env</dt><dd>{env_html}</dd>
     <dt>Secrets</dt><dd>{secrets_html}</dd>
+    <dt>Toolchain</dt><dd>{toolchain_html}</dd>
+    <dt>Dependencies</dt><dd data-pinned="{'true' if p.get('pinned') else 'false'}">{deps_html}</dd>
   </dl>
   <div class="actions">
     <a class="button primary" href="{app_href}">Open app</a>
@@ -337,7 +353,23 @@ except where marked.</p>
 collateral). Run the command-line verifier, which checks that and everything above:</p>
 <div class="copy-row"><pre class="cmd" id="verify-cmd">tee-daemon verify {e(name)}</pre>
 <button class="button" type="button" id="copy-cmd">Copy</button></div>
-<p>Add <code>--source DIR_OR_GIT_URL</code> to recompute the tree hash from the source yourself.</p>
+<p>Add <code>--source DIR_OR_GIT_URL</code> to recompute the tree hash from the source yourself,
+<code>--deps</code> (with a source folder) to reinstall its lockfile and compare the installed tree,
+and <code>--compose FILE</code> to check the daemon's own app-compose against a release you trust.</p>
+</div></section>
+<section aria-labelledby="deps-h"><h2 id="deps-h">Dependencies: pinned or not</h2>
+<div class="panel" id="deps-explained">
+<p>The manifest names the exact toolchain (runtime and installer versions, the daemon's own)
+and, when the project has one, the SHA-256 of its lockfile and the id of the dependency tree
+it installed; the quote and the log cover them. A <strong>pinned</strong> project was installed
+from a lockfile with integrity hashes (<code>npm ci</code>, <code>deno --frozen</code>,
+<code>pip --require-hashes</code>): anyone can reinstall that lockfile and get the same tree.</p>
+<p>An <strong>unpinned</strong> project resolved its dependencies at deploy time. For you as a
+counterparty that means the attested source does not decide what runs: a redeploy of the very
+same tree can pull other package versions, and nobody can recompute the installed tree from
+the evidence. The tree id still records what was installed, but not why; treat such a project as
+trusting whatever the package registry served that day. <code>tee-daemon verify</code> fails
+for it unless given <code>--allow-unpinned</code>.</p>
 </div></section>
 <div class="cols">
 <section aria-labelledby="manifest-h"><h2 id="manifest-h">Manifest</h2><div class="panel" id="manifest"><p class="none">Loading&hellip;</p></div></section>

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tee_daemon.plugin import Detection, Instance, RuntimeInfo, StartContext, hookimpl
+from tee_daemon.plugin import BuildReport, Detection, Instance, RuntimeInfo, StartContext, hookimpl
 
 from .files import StaticFiles
 
@@ -33,8 +33,9 @@ def runtime_detect(tree: Path) -> Detection:
 
 
 @hookimpl
-def runtime_build(runtime: str) -> bool:
-    return True
+def runtime_build(runtime: str) -> BuildReport:
+    # Nothing is installed: what runs is the tree alone, so it is pinned (SPEC 12).
+    return BuildReport(pinned=True)
 
 
 @hookimpl
