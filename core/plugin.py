@@ -92,6 +92,57 @@ __all__ = [
     # -- names added by other engineers (container executor for the dockerfile plugin, ...) --
 ]
 
+# -- the container executor (engineer B): for a runtime that brings its own image --------
+# (the Dockerfile runtime). Core starts, watches, adopts and removes the containers and
+# owns the engine connection and its settings; the runtime builds its images.
+from tee_daemon.run.containers import (  # noqa: E402
+    CFS_PERIOD_US,
+    LABEL_RUNTIME,
+    LABEL_VERSION,
+    ContainerInstance,
+    ContainerSpec,
+    DockerConfig,
+    EngineUnavailable,
+    config as container_config,
+    client as docker_client,
+    container_daemon_id,
+    container_images,
+    container_spec,
+    cpu_quota,
+    forget_project as forget_containers,
+    forward_app as container_forward,
+    labels as container_labels,
+    memory_bytes,
+    project_network,
+    short,
+    start_container,
+    substrate as container_facts,
+)
+
+__all__ += [
+    "CFS_PERIOD_US",
+    "LABEL_RUNTIME",
+    "LABEL_VERSION",
+    "ContainerInstance",
+    "ContainerSpec",
+    "DockerConfig",
+    "EngineUnavailable",
+    "container_config",
+    "container_daemon_id",
+    "container_facts",
+    "container_forward",
+    "container_images",
+    "container_labels",
+    "container_spec",
+    "cpu_quota",
+    "docker_client",
+    "forget_containers",
+    "memory_bytes",
+    "project_network",
+    "short",
+    "start_container",
+]
+
 # -- what a build installed (engineer G, SPEC 12): `runtime_build` returns a BuildReport --
 # with the lockfile's digest and the installed tree's id, computed by the same rules the
 # verifier applies (`tee-daemon verify --deps`).

@@ -69,6 +69,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     base_domain: str | None = None
     allowed_hosts: frozenset[str] = frozenset()
     token: str | None = msgspec.field(default=None)
+    # Containers (the dockerfile runtime, --backend docker): TEE_DAEMON_DOCKER_* override
+    # the project limits above for containers only (None: the project setting applies).
+    docker_memory: str | None = None  # e.g. "512m"
+    docker_cpus: float | None = None
+    docker_pids: int | None = None
+    docker_runtime: str | None = None  # the OCI runtime (runc, runsc, kata...)
+    docker_keep_volumes: bool = False
+    docker_read_only: bool = True
+    docker_tmpfs_size: str | None = None
+    docker_restart_max: int = 10
+    docker_build_timeout: float | None = None
+    docker_build_memory: str | None = None
+    docker_max_context: int = 200 * MiB
+    docker_log_max_size: str = "10m"
+    docker_id: str | None = None  # this daemon's id on a shared engine
+    # TEE_DAEMON_DOCKER_IMAGE_<RUNTIME>: the base image of a process runtime (--backend docker).
+    docker_images: dict[str, str] = {}
 
     @property
     def public_base(self) -> str:
@@ -104,7 +121,21 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "TEE_DAEMON_PUBLIC_URL": ("public_url", str),
     "TEE_DAEMON_BASE_DOMAIN": ("base_domain", str),
     "TEE_DAEMON_ALLOWED_HOSTS": ("allowed_hosts", frozenset),
+    "TEE_DAEMON_DOCKER_MEMORY": ("docker_memory", str),
+    "TEE_DAEMON_DOCKER_CPUS": ("docker_cpus", float),
+    "TEE_DAEMON_DOCKER_PIDS": ("docker_pids", int),
+    "TEE_DAEMON_DOCKER_RUNTIME": ("docker_runtime", str),
+    "TEE_DAEMON_DOCKER_KEEP_VOLUMES": ("docker_keep_volumes", bool),
+    "TEE_DAEMON_DOCKER_READ_ONLY": ("docker_read_only", bool),
+    "TEE_DAEMON_DOCKER_TMPFS_SIZE": ("docker_tmpfs_size", str),
+    "TEE_DAEMON_DOCKER_RESTART_MAX": ("docker_restart_max", int),
+    "TEE_DAEMON_DOCKER_BUILD_TIMEOUT": ("docker_build_timeout", float),
+    "TEE_DAEMON_DOCKER_BUILD_MEMORY": ("docker_build_memory", str),
+    "TEE_DAEMON_DOCKER_MAX_CONTEXT": ("docker_max_context", int),
+    "TEE_DAEMON_DOCKER_LOG_MAX_SIZE": ("docker_log_max_size", str),
+    "TEE_DAEMON_DOCKER_ID": ("docker_id", str),
 }
+DOCKER_IMAGE_PREFIX = "TEE_DAEMON_DOCKER_IMAGE_"
 
 
 def _parse(kind: type, raw: str) -> object:
@@ -125,6 +156,13 @@ def load_settings(overrides: dict[str, object] | None = None, environ=os.environ
                 values[field] = _parse(kind, raw)
             except ValueError as exc:
                 raise SystemExit(f"tee-daemon: {var} is not a valid {kind.__name__}: {exc}")
+    images = {
+        var[len(DOCKER_IMAGE_PREFIX):].lower(): raw.strip()
+        for var, raw in environ.items()
+        if var.startswith(DOCKER_IMAGE_PREFIX) and raw.strip()
+    }
+    if images:
+        values["docker_images"] = images
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = value

@@ -21,21 +21,29 @@ from docker_engine import (
 )
 from harness import REPO
 from tee_daemon.run import containers as db
-from tee_daemon.kernel.errors import DeployFailed, UserError
+from tee_daemon.settings import load_settings
+from tee_daemon_plugins.runtime_dockerfile import image
+from tee_daemon.kernel.errors import DeployFailed
+
+
+def _config(environ: dict[str, str]) -> db.DockerConfig:
+    """The containers' settings as the daemon hands them in: from its one `Settings`."""
+    return db.docker_config(load_settings(environ=environ))
 
 
 def test_config_defaults_and_environment() -> None:
-    cfg = db.config({})
+    cfg = _config({})
     assert (cfg.memory, cfg.cpus, cfg.pids, cfg.oci_runtime, cfg.keep_volumes) == ("512m", 1.0, 256, None, False)
-    cfg = db.config({
+    cfg = _config({
         "TEE_DAEMON_DOCKER_MEMORY": "1g", "TEE_DAEMON_DOCKER_CPUS": "2.5", "TEE_DAEMON_DOCKER_PIDS": "99",
         "TEE_DAEMON_DOCKER_RUNTIME": "runsc", "TEE_DAEMON_DOCKER_KEEP_VOLUMES": "1",
-        "TEE_DAEMON_DOCKER_READ_ONLY": "0",
+        "TEE_DAEMON_DOCKER_READ_ONLY": "0", "TEE_DAEMON_DOCKER_IMAGE_DENO": "local/deno:1",
     })
     assert (cfg.memory, cfg.cpus, cfg.pids, cfg.oci_runtime, cfg.keep_volumes, cfg.read_only) == (
         "1g", 2.5, 99, "runsc", True, False)
-    with pytest.raises(UserError):
-        db.config({"TEE_DAEMON_DOCKER_PIDS": "many"})
+    assert cfg.images == {"deno": "local/deno:1"}
+    with pytest.raises(SystemExit, match="TEE_DAEMON_DOCKER_PIDS"):
+        _config({"TEE_DAEMON_DOCKER_PIDS": "many"})
     assert db.memory_bytes("96m") == 96 << 20 and db.memory_bytes("1g") == 1 << 30 and db.memory_bytes("512") == 512
 
 
@@ -44,16 +52,16 @@ def test_names_and_labels_are_per_daemon(tmp_path: Path) -> None:
     assert a != b and len(a) == 10
     assert db.network_name(a, "p") != db.network_name(b, "p")
     assert db.labels(a, "p", 3) == {db.LABEL_DAEMON: a, db.LABEL_PROJECT: "p", db.LABEL_VERSION: "3"}
-    assert db.image_tag(a, "p", 3) == f"tee-daemon/p:{a}-v3"
+    assert image.image_tag(a, "p", 3) == f"tee-daemon/p:{a}-v3"
 
 
 def test_build_context_is_bounded_and_honours_dockerignore(tmp_path: Path) -> None:
     (tmp_path / "Dockerfile").write_text("FROM scratch\n")
     (tmp_path / "big.bin").write_bytes(b"x" * (2 * db.MiB))
     with pytest.raises(DeployFailed, match="build context"):
-        db.build_context(tmp_path, "Dockerfile", db.MiB)
+        image.build_context(tmp_path, "Dockerfile", db.MiB)
     (tmp_path / ".dockerignore").write_text("# comment\nbig.bin\n")
-    ctx = db.build_context(tmp_path, "Dockerfile", db.MiB)
+    ctx = image.build_context(tmp_path, "Dockerfile", db.MiB)
     import tarfile
 
     with tarfile.open(fileobj=ctx) as tar:
@@ -61,9 +69,9 @@ def test_build_context_is_bounded_and_honours_dockerignore(tmp_path: Path) -> No
 
 
 def test_log_timestamps_are_split_off() -> None:
-    ts, text = db._parse_ts(b"2024-05-01T10:00:00.250000000Z hello world")
+    ts, text = db.parse_ts(b"2024-05-01T10:00:00.250000000Z hello world")
     assert text == b"hello world" and abs(ts - 1714557600.25) < 1e-3
-    assert db._parse_ts(b"no timestamp") == (None, b"no timestamp")
+    assert db.parse_ts(b"no timestamp") == (None, b"no timestamp")
 
 
 def _wheelhouse(dest: Path) -> None:

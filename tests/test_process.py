@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tee_daemon.run import process
+from tee_daemon.run import process, supervision
 from tee_daemon.kernel.errors import DeployFailed
 from tee_daemon.run.identity import Identity
 
@@ -29,7 +29,8 @@ time.sleep(3600)
 IDENTITY = Identity(uid=299_001, gid=299_001)  # A project's own uid, as the daemon gives.
 
 
-def make(tmp_path: Path, code: str = SERVER, **env) -> process.ProcessInstance:
+def make(tmp_path: Path, code: str = SERVER, settings: process.ProcessSettings | None = None,
+         **env) -> process.ProcessInstance:
     port = process.free_port()
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
@@ -45,6 +46,7 @@ def make(tmp_path: Path, code: str = SERVER, **env) -> process.ProcessInstance:
         port=port,
         read_only=process.python_roots(),
         read_write=[data],
+        settings=settings or process.ProcessSettings(),
     )
 
 
@@ -97,11 +99,12 @@ def test_not_listening_in_time(tmp_path):
 
 
 def test_crash_restarts_with_backoff_and_reports_a_loop(tmp_path, monkeypatch):
-    monkeypatch.setattr(process, "BACKOFF_FIRST", 0.05)
-    monkeypatch.setattr(process, "CRASH_LOOP_AFTER", 3)
+    monkeypatch.setattr(supervision, "BACKOFF_FIRST", 0.05)
+    monkeypatch.setattr(supervision, "CRASH_LOOP_AFTER", 3)
+    counted: list[str] = []
 
     async def main():
-        inst = make(tmp_path, LIFE="0.3")
+        inst = make(tmp_path, LIFE="0.3", settings=process.ProcessSettings(on_restart=counted.append))
         try:
             await inst.ready(20)
             for _ in range(200):
@@ -114,9 +117,62 @@ def test_crash_restarts_with_backoff_and_reports_a_loop(tmp_path, monkeypatch):
 
     facts = asyncio.run(main())
     assert facts["restarts"] >= 3 and facts["state"] == "crash-loop", facts
+    assert counted == ["test"] * facts["restarts"]  # Each restart handed to the daemon's counter.
     assert facts["last_exit"] == "exit code 7"
     log = (tmp_path / "logs" / "app.log").read_text()
     assert "restarting in 0.1s" in log and "crash loop" in log
+
+
+# Serves, then after DEAF seconds stops listening but stays alive (a hung server).
+DEAF_SERVER = """
+import os, socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["PORT"]))); s.listen()
+time.sleep(float(os.environ["DEAF"])); s.close(); print("deaf now", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_alive_but_not_answering_is_restarted(tmp_path):
+    counted: list[str] = []
+    settings = process.ProcessSettings(health_interval=0.2, health_failures=2, on_restart=counted.append)
+
+    async def main():
+        inst = make(tmp_path, DEAF_SERVER, settings=settings, DEAF="1")
+        try:
+            await inst.ready(20)
+            first = inst.proc
+            assert await inst.healthy()
+            for _ in range(100):  # Deaf after 1 s; ended after 2 failed checks, 0.2 s apart.
+                if inst.restarts >= 1 and inst.proc is not first:
+                    break
+                await asyncio.sleep(0.05)
+            assert inst.restarts >= 1 and first.poll() is not None, inst.describe()
+            return inst.describe()
+        finally:
+            await inst.stop()
+
+    facts = asyncio.run(main())
+    assert facts["last_exit_reason"] == "health check" and counted[:1] == ["test"], facts
+    log = (tmp_path / "logs" / "app.log").read_text()
+    assert "deaf now" in log and "did not answer its health check 2 times in a row" in log, log
+    assert "stopped by the daemon: it did not answer its health check" in log, log
+
+
+def test_a_serving_process_is_left_alone_by_the_health_check(tmp_path):
+    settings = process.ProcessSettings(health_interval=0.1, health_failures=1)
+
+    async def main():
+        inst = make(tmp_path, settings=settings)
+        try:
+            await inst.ready(20)
+            first = inst.proc
+            await asyncio.sleep(1.0)  # Ten checks.
+            return inst.proc is first and first.poll() is None, inst.restarts
+        finally:
+            await inst.stop()
+
+    assert asyncio.run(main()) == (True, 0)
 
 
 def test_stop_kills_everything_the_project_started(tmp_path):

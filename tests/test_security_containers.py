@@ -281,19 +281,24 @@ def hostile(sdaemon: DaemonProcess, engine) -> str:
 
 def test_container_limits_come_from_the_project_settings() -> None:
     from tee_daemon.run import containers as db
+    from tee_daemon.settings import load_settings
 
-    cfg = db.config(LIMITS)
+    def config(environ: dict[str, str]) -> db.DockerConfig:  # As the daemon hands them in.
+        return db.docker_config(load_settings(environ=environ))
+
+    cfg = config(LIMITS)
     assert (cfg.memory, cfg.cpus, cfg.pids, cfg.tmpfs_size, cfg.build_memory) == ("48m", 0.5, 32, "16m", "48m")
     assert (cfg.egress, cfg.build_timeout, cfg.build_timeout_var) == ("allow", 600.0, "TEE_DAEMON_BUILD_TIMEOUT")
     # TEE_DAEMON_DOCKER_* still override them for containers.
-    cfg = db.config({**LIMITS, "TEE_DAEMON_DOCKER_MEMORY": "96m", "TEE_DAEMON_BUILD_TIMEOUT": "60",
-                     "TEE_DAEMON_PROJECT_EGRESS": "deny"})
+    cfg = config({**LIMITS, "TEE_DAEMON_DOCKER_MEMORY": "96m", "TEE_DAEMON_BUILD_TIMEOUT": "60",
+                  "TEE_DAEMON_PROJECT_EGRESS": "deny"})
     assert (cfg.memory, cfg.build_memory, cfg.build_timeout, cfg.egress) == ("96m", "96m", 60.0, "deny")
-    with pytest.raises(db.UserError):
-        db.config({"TEE_DAEMON_PROJECT_EGRESS": "sometimes"})
-    with pytest.raises(db.UserError):
-        db.config({"TEE_DAEMON_PROJECT_MEMORY_MB": "lots"})
-    facts = db.hardening_facts(db.config(LIMITS), {"SecurityOptions": ["name=seccomp,profile=default"],
+    # A bad value stops the daemon at start-up, saying which variable.
+    with pytest.raises(SystemExit, match="TEE_DAEMON_PROJECT_EGRESS"):
+        config({"TEE_DAEMON_PROJECT_EGRESS": "sometimes"})
+    with pytest.raises(SystemExit, match="TEE_DAEMON_PROJECT_MEMORY_MB"):
+        config({"TEE_DAEMON_PROJECT_MEMORY_MB": "lots"})
+    facts = db.hardening_facts(config(LIMITS), {"SecurityOptions": ["name=seccomp,profile=default"],
                                                    "PidsLimit": False})
     assert facts["limits"]["memory_mib"] == MEMORY_MB and facts["engine_security"] == ["seccomp"]
     assert "pids_limit" in facts["unenforced"] and "build_identity" in facts["unenforced"]
@@ -310,8 +315,8 @@ def test_a_container_never_runs_as_root_nor_binds_the_engine_socket(tmp_path: Pa
     with pytest.raises(DeployFailed):
         db.container_identity("c", projects, type("Identity", (), {"uid": 0, "gid": 0})())
     with pytest.raises(DeployFailed, match="socket"):
-        db._check_binds([{"source": "/var/run"}])
-    db._check_binds([{"source": str(tmp_path)}])
+        db.check_binds([{"source": "/var/run"}])
+    db.check_binds([{"source": str(tmp_path)}])
 
 
 # -- the dockerfile runtime ---------------------------------------------------------------

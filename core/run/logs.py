@@ -1,7 +1,7 @@
 """A project's stdout/stderr, as kept by the process runtimes in rotating files.
 
 `<logs_dir>/app.log` is the current file, `app.log.1` and `app.log.2` the rotated ones
-(copy-and-truncate, see `process.rotate`). `read` returns them oldest first; `follow`
+(copy-and-truncate, see `logfiles.rotate`). `read` returns them oldest first; `follow`
 yields what is there and then every new byte until the consumer stops iterating.
 """
 
@@ -12,7 +12,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from tee_daemon.run.process import log_files
+from tee_daemon.run.logfiles import log_files
 
 APP_LOG = "app.log"
 FOLLOW_POLL = 0.2

@@ -4,270 +4,70 @@
 
 * starts the argv in the tenant sandbox (`sandbox.spawn`: the project's own uid, no
   capabilities, its cgroup unit, only the folders it is given, the env handed to the
-  program alone; never the daemon's env: the admin token and every ``TEE_DAEMON_*``
-  setting stay out), stdin closed, stdout and stderr appended to the project's log;
-  the network is ``isolated`` (the default: a namespace of its own, outbound access
-  through `egress` unless denied) or, opt-in, ``shared`` (the host's network);
-* listens on a loopback port the daemon picked (`free_port`), or when isolated on a
-  unix socket in a folder of its run dir bound into the sandbox at the same path
-  (env ``LISTEN_UNIX``; a short folder under /tmp when that path would be too long for
-  a socket address); `ready` polls a connect and fails with the exit code and the
-  last log lines when the process exits or is not listening in time;
-* after it served once, restarts it when it dies, with exponential backoff; a crash
-  loop shows in `describe()` (``state: crash-loop``) and as a line in the log, and a
-  kill for the memory limit says "out of memory" there and in ``oom_kills``;
+  program alone (`environment.base_env`; never the daemon's env), stdin closed, stdout
+  and stderr appended to the project's log (`logfiles`, rotated); the network is
+  ``isolated`` (the default: a namespace of its own, outbound access through `egress`
+  unless denied) or, opt-in, ``shared`` (the host's network);
+* listens on a loopback port the daemon picked, or when isolated on a unix socket in a
+  folder of its run dir bound into the sandbox at the same path (env ``LISTEN_UNIX``;
+  see `ports`); `ready` polls a connect and fails with the exit code and the last log
+  lines when the process exits or is not listening in time;
+* after it served once, is supervised (`supervision`): restarted when it dies or stops
+  answering its health check, a kill for the memory limit said ("out of memory") in
+  the log and counted in ``oom_kills``;
 * `stop` sends SIGTERM to the program, then SIGKILL; the sandbox's init takes every
   other process of the project with it, and its cgroup unit is removed;
-* scale to zero (`configure(idle_stop=...)` > 0): `forward_app` wraps the proxy in an
-  `IdleGate` that stamps `last_used` and counts requests in flight; one periodic task
-  for all instances stops ("parks") a running instance with nothing in flight and no
-  request for `idle_stop` seconds (``state: idle``, not a crash: no restart), and the
-  next request cold-starts it (`wake`, bounded by the start timeout, one start shared
-  by concurrent requests; a failed start answers 503 and the next request retries).
+* with scale to zero (`idle`), is parked when idle and cold-started by the next request.
 
-Logs rotate by copy-and-truncate (the child keeps its O_APPEND descriptor), checked by
-one background task for all instances: ``LOG_MAX_BYTES`` per file, ``LOG_KEEP`` files.
+The daemon's settings for all of it are handed in once (`runconfig.configure`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import hashlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 
+from tee_daemon.kernel.contract import Instance
 from tee_daemon.kernel.errors import DeployFailed
 from tee_daemon.run import sandbox
+from tee_daemon.run.environment import MINIMAL_PATH, base_env, python_roots
 from tee_daemon.run.identity import Identity
-from tee_daemon.kernel.contract import Instance
+from tee_daemon.run.idle import IdleGate, forget_idle, forward_app, watch_idle
+from tee_daemon.run.isolation import bwrap_isolates_network, isolation_facts
+from tee_daemon.run.logfiles import forget_log, log_files, log_line, rotate, tail, watch_log
+from tee_daemon.run.ports import (
+    SOCKET_NAME,
+    _socket_prefix,
+    free_port,
+    release_port,
+    release_socket_dir,
+    remove_stale_socket_dirs,
+    socket_dir,
+)
+from tee_daemon.run.runconfig import ProcessSettings, configure, current
+from tee_daemon.run.supervision import Supervised, describe_exit, forget_health, watch_health
 
-LOG_MAX_BYTES = 5 * 2**20
-LOG_KEEP = 3  # app.log, app.log.1, app.log.2
-LOG_CHECK_INTERVAL = 5.0
+# Names other modules and tests use from here (the split modules own them).
+__all__ = [
+    "IdleGate", "MINIMAL_PATH", "ProcessInstance", "ProcessSettings", "SOCKET_NAME", "_socket_prefix",
+    "base_env", "bwrap", "bwrap_isolates_network", "configure", "forward_app", "free_port",
+    "isolation_facts", "log_files", "log_line", "python_roots", "remove_stale_socket_dirs", "rotate",
+    "socket_dir", "start_process", "tail",
+]
+
 STOP_GRACE = 3.0
-BACKOFF_FIRST = 0.2
-BACKOFF_MAX = 30.0
-STABLE_AFTER = 20.0  # A process up this long resets the backoff.
-CRASH_LOOP_AFTER = 5  # Consecutive quick crashes before the state says crash-loop.
-MINIMAL_PATH = sandbox.MINIMAL_PATH
-IDLE_CHECK_MAX = 5.0  # The idle sweep runs at least this often (and 4x per idle_stop).
-
-_idle_stop = 0.0  # Seconds without a request before a process is parked; 0 = never.
-_wake_timeout = 30.0  # How long a cold start may take (the daemon's start_timeout).
-_network = "isolated"  # "isolated" (own namespace, unix socket) or "shared" (a loopback port).
-_egress = True  # Isolated projects may open outbound connections to the outside.
-NETWORK_MODES = ("isolated", "shared")
-SOCKET_NAME = "app.sock"
-SUN_PATH_MAX = 100  # sun_path holds 108 bytes with the NUL; keep a margin.
-
-
-def configure(*, idle_stop: float, start_timeout: float, network: str = "isolated", egress: bool = True) -> None:
-    """Daemon settings for scale to zero and the projects' network (called once at start-up)."""
-    global _idle_stop, _wake_timeout, _network, _egress
-    if network not in NETWORK_MODES:
-        raise ValueError(f"network must be one of {NETWORK_MODES}, not {network!r}")
-    _idle_stop = max(float(idle_stop), 0.0)
-    _wake_timeout = float(start_timeout)
-    _network = network
-    _egress = egress
-
-
-def network_mode() -> str:
-    return _network
-
-# -- the sandbox (core/run/sandbox.py builds it; here what process projects are told) ------
 
 
 def bwrap() -> str | None:
     return sandbox.bwrap()
 
 
-def bwrap_isolates_network() -> bool:
-    """Whether projects can get a network namespace of their own here (the sandbox
-    always makes one unless the network is shared)."""
-    return sandbox.bwrap() is not None
-
-
-def python_roots() -> list[Path]:
-    """What a sandboxed Python (this interpreter or a venv made from it) needs to read."""
-    roots = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()}
-    return sorted(roots)
-
-
-def isolation_facts() -> dict[str, Any]:
-    """What `/_api/substrate` shows about how process projects are isolated."""
-    if sandbox.bwrap() is None:
-        return {
-            "kind": "none",
-            "enforced": False,
-            "detail": f"NOT ISOLATED: {sandbox.unavailable_reason()}; projects run as plain processes "
-            "with a clean environment (accepted by the operator with TEE_DAEMON_ALLOW_UNENFORCED_ISOLATION)",
-            "network_mode": _network,
-        }
-    return {
-        "kind": "bubblewrap",
-        "enforced": True,
-        "version": sandbox.version(),
-        "identity": "a host uid and gid of its own per project (>= 200000, never 0, kept across restarts); "
-        "no capabilities in any namespace, no_new_privs, no nested user namespaces (seccomp), /proc/sys read-only",
-        "namespaces": ["user", "mount", "pid", "ipc", "uts", "cgroup", *(["net"] if _network == "isolated" else [])],
-        "filesystem": "read-only system folders and toolchains; own tree and build read-only; own data dir and /tmp "
-        "read-write; no other project's files, no daemon state; binds never follow links a project could write",
-        "network_mode": _network,
-        "network": (
-            "isolated: each project has a network namespace of its own and is served over a unix socket; it cannot "
-            "reach another project, the daemon or the host's loopback"
-            + ("; outbound connections to the outside are allowed" if _egress else "; no outbound connections")
-        )
-        if _network == "isolated"
-        else "SHARED (opt-in): projects listen on a 127.0.0.1 port and share the host's network: they can reach "
-        "other loopback ports and the internet",
-        "environment": "manifest env, secrets, DATA_DIR, PORT or LISTEN_UNIX, HOME, PATH only; bwrap itself gets a "
-        "fixed clean environment",
-    }
-
-
-# -- ports and logs -----------------------------------------------------------------------
-
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """An unused loopback port (not one handed to another live instance)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-    raise DeployFailed("no free loopback port")
-
-
-_socket_dirs: dict[Path, Path] = {}  # run dir -> the folder of its socket
-
-
-def socket_dir(run_dir: Path) -> Path | None:
-    """The folder a version listens in when the network is isolated (else None).
-
-    ``<run dir>/net`` when a socket path there fits a socket address (108 bytes with
-    the NUL), else a private folder made under /tmp. The same answer for one run dir,
-    so a plugin may ask for it (Deno's permission flags) before `start_process` does.
-    """
-    if _network != "isolated":
-        return None
-    run_dir = Path(run_dir).resolve()
-    found = _socket_dirs.get(run_dir)
-    if found is not None:
-        return found
-    folder = run_dir / "net"
-    if len(os.fsencode(str(folder / SOCKET_NAME))) <= SUN_PATH_MAX:
-        folder.mkdir(mode=0o700, exist_ok=True)
-    else:
-        folder = Path(tempfile.mkdtemp(prefix=_socket_prefix(run_dir.parent), dir="/tmp")).resolve()  # 0700
-    _socket_dirs[run_dir] = folder
-    return folder
-
-
-def _socket_prefix(run_root: Path) -> str:
-    # Named after the daemon's run folder, so a restart finds what a killed daemon left.
-    return "tee-net-" + hashlib.sha256(os.fsencode(str(run_root.resolve()))).hexdigest()[:10] + "-"
-
-
-def remove_stale_socket_dirs(run_root: Path) -> None:
-    """Remove /tmp socket folders a killed daemon of this data dir left (called at start,
-    under the data dir's lock, so no live daemon uses them)."""
-    for folder in Path("/tmp").glob(_socket_prefix(run_root) + "*"):
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _release_socket_dir(folder: Path) -> None:
-    for run_dir, known in list(_socket_dirs.items()):
-        if known == folder:
-            del _socket_dirs[run_dir]
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def rotate(path: Path, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> bool:
-    """Copy-and-truncate `path` into path.1 (shifting older ones) when it is too big."""
-    try:
-        if path.stat().st_size <= max_bytes:
-            return False
-    except FileNotFoundError:
-        return False
-    for index in range(keep - 1, 1, -1):
-        older = path.with_name(f"{path.name}.{index - 1}")
-        if older.exists():
-            os.replace(older, path.with_name(f"{path.name}.{index}"))
-    if keep > 1:
-        shutil.copyfile(path, path.with_name(f"{path.name}.1"))
-    with open(path, "r+b") as fh:
-        fh.truncate(0)
-    return True
-
-
-def log_files(path: Path, keep: int = LOG_KEEP) -> list[Path]:
-    """The rotated files of `path`, oldest first, that exist."""
-    files = [path.with_name(f"{path.name}.{i}") for i in range(keep - 1, 0, -1)] + [path]
-    return [f for f in files if f.exists()]
-
-
-def tail(path: Path, since: int = 0, lines: int = 30, max_bytes: int = 16384) -> str:
-    """The last `lines` lines of `path` written after offset `since`."""
-    try:
-        with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            start = max(since if since <= size else 0, size - max_bytes)
-            fh.seek(start)
-            data = fh.read()
-    except OSError:
-        return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
-
-
-def log_line(path: Path, message: str) -> None:
-    """A line from the daemon itself in a project's log."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    try:
-        with open(path, "ab") as fh:
-            fh.write(f"[tee-daemon {stamp}] {message}\n".encode())
-    except OSError:
-        pass
-
-
-_live: "weakref.WeakSet[ProcessInstance]" = weakref.WeakSet()
-_rotator: asyncio.Task | None = None
-
-
-async def _rotate_forever() -> None:
-    while True:
-        await asyncio.sleep(LOG_CHECK_INTERVAL)
-        for path in {inst.log_path for inst in list(_live)}:
-            try:
-                rotate(path)
-            except OSError:
-                pass
-
-
-def _ensure_rotator() -> None:
-    global _rotator
-    if _rotator is None or _rotator.done():
-        _rotator = asyncio.get_running_loop().create_task(_rotate_forever())
-
-
-# -- the process ---------------------------------------------------------------------------
-
-class ProcessInstance(Instance):
+class ProcessInstance(Supervised, Instance):
     def __init__(
         self,
         *,
@@ -285,7 +85,9 @@ class ProcessInstance(Instance):
         project: str | None = None,
         unit: str = "run",
         tmp_dir: Path | None = None,
+        settings: ProcessSettings | None = None,
     ) -> None:
+        self.settings = settings or current()
         self.label = label
         self.port = port
         # Isolated network: the process listens on `socket_path` (in a folder bound
@@ -327,6 +129,7 @@ class ProcessInstance(Instance):
         self.cold_starts = 0
         self._parking: asyncio.Task | None = None
         self._waking: asyncio.Task | None = None
+        self.last_health = time.monotonic()
         self.spawn()
 
     # -- spawning -------------------------------------------------------------------
@@ -367,7 +170,7 @@ class ProcessInstance(Instance):
             read_write=self.read_write,
             tmp=self.tmp_dir,
             network="own" if self.socket_path is not None else "host",
-            egress=self.socket_path is not None and _egress,
+            egress=self.socket_path is not None and self.settings.egress,
             project=self.project,
             unit=self.unit,
         )
@@ -426,7 +229,7 @@ class ProcessInstance(Instance):
             code = self.proc.poll()
             if code is not None:
                 self.last_exit = code
-                raise self._failure(f"exited with {_describe_exit(code)} before serving")
+                raise self._failure(f"exited with {describe_exit(code)} before serving")
             if await self._listening():
                 return
             if time.monotonic() > deadline:
@@ -442,17 +245,18 @@ class ProcessInstance(Instance):
         self.state = "running"
         self._supervised = True
         self.last_used = time.monotonic()
-        _live.add(self)
-        _ensure_rotator()
-        if _idle_stop > 0:
-            _idlers.add(self)
-            _ensure_idler()
+        watch_log(self)
+        if self.settings.idle_stop > 0:
+            watch_idle(self)
         self._watch()
+        watch_health(self)
 
     async def healthy(self) -> bool:
         if self.parked:
             return not self._stopping  # Stopped on purpose; the next request starts it.
-        return self.proc is not None and self.proc.poll() is None and self.state == "running"
+        # Alive is not enough: supervision restarts a process that stopped answering.
+        alive = self.proc is not None and self.proc.poll() is None and self.state == "running"
+        return alive and await self._listening()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -462,7 +266,7 @@ class ProcessInstance(Instance):
             "state": self.state,
             "restarts": self.restarts,
             "cold_starts": self.cold_starts,
-            "last_exit": _describe_exit(self.last_exit) if self.last_exit is not None else None,
+            "last_exit": describe_exit(self.last_exit) if self.last_exit is not None else None,
             "sandbox": "bubblewrap" if self.sandboxed else "none",
             "uid": self.identity.uid if self.identity else None,
             "oom_kills": self.oom_kills,
@@ -475,8 +279,9 @@ class ProcessInstance(Instance):
             return
         self._stopping = True
         self.state = "stopped"
-        _live.discard(self)
-        _idlers.discard(self)
+        forget_log(self)
+        forget_idle(self)
+        forget_health(self)
         self._unwatch()
         if self._task is not None:
             self._task.cancel()
@@ -486,9 +291,9 @@ class ProcessInstance(Instance):
                 await asyncio.gather(task, return_exceptions=True)
         await self._terminate(self.proc)
         self._release_spawn()
-        _handed_out.discard(self.port)
+        release_port(self.port)
         if self.socket_path is not None:
-            _release_socket_dir(self.socket_path.parent)
+            release_socket_dir(self.socket_path.parent)
 
     async def _terminate(self, proc: subprocess.Popen | None) -> None:
         """End `proc` and its group: SIGTERM to the program, SIGKILL after the grace."""
@@ -525,7 +330,7 @@ class ProcessInstance(Instance):
         self._unwatch()  # An exit from here on is ours, not a crash.
         if self._task is not None:
             self._task.cancel()
-        log_line(self.log_path, f"{self.label} stopped after {_idle_stop:g}s without requests; "
+        log_line(self.log_path, f"{self.label} stopped after {self.settings.idle_stop:g}s without requests; "
                  "the next request starts it again")  # fmt: skip
         self._parking = asyncio.get_running_loop().create_task(self._terminate(self.proc))
 
@@ -567,7 +372,7 @@ class ProcessInstance(Instance):
                     if not spawning.done():
                         await asyncio.wait([spawning])
                     spawned = not spawning.cancelled() and spawning.exception() is None
-                await self._wait_listening(_wake_timeout)
+                await self._wait_listening(self.settings.wake_timeout)
             except BaseException as exc:
                 self.state = "idle"
                 if spawned:
@@ -594,172 +399,9 @@ class ProcessInstance(Instance):
             self.port = free_port()
         except DeployFailed:
             return
-        _handed_out.discard(old)
+        release_port(old)
         self.env["PORT"] = str(self.port)
         self.upstream = ("127.0.0.1", self.port)
-
-    # -- supervision ------------------------------------------------------------------
-
-    def _watch(self) -> None:
-        assert self.proc is not None
-        loop = asyncio.get_running_loop()
-        try:
-            self._pidfd = os.pidfd_open(self.proc.pid)
-        except (OSError, AttributeError):
-            self._pidfd = None
-            self._task = loop.create_task(self._poll_exit())
-            return
-        loop.add_reader(self._pidfd, self._on_exit)
-
-    def _unwatch(self) -> None:
-        if self._pidfd is not None:
-            try:
-                asyncio.get_running_loop().remove_reader(self._pidfd)
-            except RuntimeError:
-                pass
-            os.close(self._pidfd)
-            self._pidfd = None
-
-    async def _poll_exit(self) -> None:
-        while self.proc is not None and self.proc.poll() is None:
-            await asyncio.sleep(0.5)
-        self._on_exit()
-
-    def _on_exit(self) -> None:
-        self._unwatch()
-        if self._stopping or self.proc is None:
-            return
-        code = self.proc.poll()
-        if code is None:  # Spurious wake-up: keep watching.
-            self._watch()
-            return
-        self.last_exit = code
-        out_of_memory = self._count_oom(self._spawned)
-        uptime = time.monotonic() - self.started_at
-        self.quick_crashes = 0 if uptime >= STABLE_AFTER else self.quick_crashes + 1
-        delay = min(BACKOFF_FIRST * 2 ** max(self.quick_crashes - 1, 0), BACKOFF_MAX)
-        self.state = "crash-loop" if self.quick_crashes >= CRASH_LOOP_AFTER else "restarting"
-        how = _describe_exit(code) + (" (killed: out of memory, over its memory limit)" if out_of_memory else "")
-        self.last_exit_reason = "out of memory" if out_of_memory else None
-        note = f"{self.label} exited with {how} after {uptime:.1f}s; restarting in {delay:.1f}s"
-        if self.state == "crash-loop":
-            note += f" (crash loop: {self.quick_crashes} quick crashes in a row)"
-        log_line(self.log_path, note)
-        self._task = asyncio.get_running_loop().create_task(self._restart(delay))
-
-    async def _restart(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if self._stopping:
-            return
-        self.restarts += 1
-        try:
-            self.spawn()
-        except DeployFailed as exc:
-            log_line(self.log_path, str(exc))
-            self.proc = None
-            self._task = asyncio.get_running_loop().create_task(self._restart(BACKOFF_MAX))
-            return
-        self._watch()
-        try:
-            await self._wait_listening(30.0)
-        except DeployFailed:
-            return  # The exit watcher schedules the next attempt (or it is still starting).
-        if not self._stopping and self.proc is not None and self.proc.poll() is None:
-            self.state = "running"  # Serving again; `restarts` and the log keep the history.
-
-
-_idlers: "weakref.WeakSet[ProcessInstance]" = weakref.WeakSet()
-_idler: asyncio.Task | None = None
-
-
-async def _idle_forever() -> None:
-    """One sweep for all instances: park those idle for `_idle_stop` seconds."""
-    while _idle_stop > 0:
-        await asyncio.sleep(min(max(_idle_stop / 4, 0.05), IDLE_CHECK_MAX))
-        horizon = time.monotonic() - _idle_stop
-        for inst in list(_idlers):
-            if inst.state == "running" and not inst.inflight and inst.last_used <= horizon:
-                inst.park()
-
-
-def _ensure_idler() -> None:
-    global _idler
-    if _idler is None or _idler.done():
-        _idler = asyncio.get_running_loop().create_task(_idle_forever())
-
-
-class IdleGate:
-    """The project's ASGI callable when scale to zero is on: the proxy, plus a timestamp,
-    a count of requests in flight and, only when the instance is parked, a cold start."""
-
-    __slots__ = ("instance", "proxy", "upstream")
-
-    def __init__(self, instance: ProcessInstance) -> None:
-        from tee_daemon.proxy.forward import proxy_to
-
-        self.instance = instance
-        self.upstream = instance.upstream
-        self.proxy = proxy_to(instance.upstream)
-
-    async def __call__(self, scope, receive, send) -> None:
-        inst = self.instance
-        inst.last_used = _now()
-        if inst.parked:
-            try:
-                await inst.wake()
-            except DeployFailed as exc:
-                await _unavailable(scope, send, f"project could not be started: {exc}")
-                return
-            if inst.upstream is not self.upstream:  # A failed start moved the port.
-                from tee_daemon.proxy.forward import proxy_to
-
-                close = getattr(self.proxy, "close", None)
-                if close is not None:
-                    close()
-                self.upstream, self.proxy = inst.upstream, proxy_to(inst.upstream)
-        inst.inflight += 1
-        try:
-            await self.proxy(scope, receive, send)
-        finally:
-            inst.inflight -= 1
-            inst.last_used = _now()
-
-    def close(self) -> None:
-        close = getattr(self.proxy, "close", None)
-        if close is not None:
-            close()
-
-
-_now = time.monotonic
-
-
-async def _unavailable(scope, send, detail: str) -> None:
-    if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 1013})  # Try again later.
-        return
-    body = json.dumps({"status_code": 503, "detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def forward_app(instance: ProcessInstance):
-    """What a process runtime's `runtime_forward` returns: the bare proxy, or with
-    scale to zero on, the proxy behind an `IdleGate`."""
-    if _idle_stop > 0:
-        return IdleGate(instance)
-    from tee_daemon.proxy.forward import proxy_to
-
-    return proxy_to(instance.upstream)
 
 
 def _children(pids: list[int]) -> list[int]:
@@ -787,36 +429,6 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "no exit"
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
-
-
-def base_env(ctx_env: dict[str, str], *, data_dir: Path, port: int, path_dirs: list[Path] = ()) -> dict[str, str]:  # type: ignore[assignment]
-    """The whole environment of a project process: nothing inherited from the daemon."""
-    path = ":".join([*(str(p) for p in path_dirs), MINIMAL_PATH])
-    env = dict(ctx_env)
-    env.update(
-        {
-            "DATA_DIR": str(data_dir),
-            "HOME": str(data_dir),
-            "PORT": str(port),
-            "HOST": "127.0.0.1",
-            "PATH": path,
-            "LANG": "C.UTF-8",
-            "TMPDIR": "/tmp",
-            "TEE_ENV_KEYS": ",".join(ctx_env),
-        }
-    )
-    return env
-
-
 def start_process(
     ctx,  # StartContext
     *,
@@ -835,7 +447,7 @@ def start_process(
     """
     folder = socket_dir(ctx.run_dir)
     if folder is not None and not bwrap_isolates_network():
-        _release_socket_dir(folder)
+        release_socket_dir(folder)
         raise DeployFailed(
             "the project network is isolated (TEE_DAEMON_PROJECT_NETWORK=isolated) but projects cannot be "
             f"sandboxed here ({sandbox.unavailable_reason()}); refusing to run the project unisolated"
@@ -872,7 +484,7 @@ def start_process(
             tmp_dir=ctx.tmp_dir,
         )
     except BaseException:
-        _handed_out.discard(port)
+        release_port(port)
         if folder is not None:
-            _release_socket_dir(folder)
+            release_socket_dir(folder)
         raise

@@ -515,7 +515,7 @@ def spawn(plan: Plan, *, stdout: Any, stderr: Any) -> Spawned:
 def run(plan: Plan, *, what: str, log_path: Path, timeout: float) -> None:
     """Run a build step in the sandbox to completion, its output appended to `log_path`;
     DeployFailed with the output's tail when it fails or outlives `timeout`."""
-    from tee_daemon.run.process import tail
+    from tee_daemon.run.logfiles import tail
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = log_path.stat().st_size if log_path.exists() else 0
