@@ -439,7 +439,7 @@ def checkout_git(url: str, ref: str | None, dest: Path) -> str:
 
     def run(*args: str) -> str:
         done = subprocess.run(
-            [*git, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True
+            [*git, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
         )
         if done.returncode != 0:
             raise RuntimeError(_redact(done.stderr.strip() or f"git {args[0]} failed"))
