@@ -119,3 +119,31 @@ def test_memory_of_a_process_runtime(daemon, name):
     # The operator sees the instance itself; nobody else does.
     shown = daemon.get(f"/_api/projects/{name}", admin=True).json()["instance"]
     assert shown["state"] == "running" and shown["restarts"] == 0 and shown["pid"] > 1
+
+
+def test_a_crash_is_counted_in_the_restarts_across_versions(daemon, name):
+    """Supervision hands each restart to the metrics: a crashed process shows up in
+    tee_daemon_restarts_total, and the count stays when a new version is deployed."""
+    import time
+
+    app = (
+        "import os\n"
+        "async def handle(method, path, headers, body, env):\n"
+        "    if path.endswith('/crash'):\n"
+        "        os._exit(3)\n"
+        "    return 200, {'content-type': 'text/plain'}, b'up'\n"
+    )
+    assert daemon.deploy_files(name, {"app.py": app}).status_code == 201
+    assert daemon.get(f"/{name}/").text == "up"
+    key = f'tee_daemon_restarts_total{{project="{name}"}}'
+    assert parse(daemon.get("/_api/metrics", admin=True).text)[key] == 0
+    daemon.get(f"/{name}/crash")  # The process dies mid-request (a 502).
+    deadline = time.monotonic() + 20
+    while daemon.get(f"/{name}/").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert daemon.get(f"/{name}/").text == "up"
+    assert parse(daemon.get("/_api/metrics", admin=True).text)[key] == 1
+    # A new version starts with no restarts of its own; the counter keeps the history.
+    assert daemon.deploy_files(name, {"app.py": app.replace("b'up'", "b'two'")}).status_code == 201
+    assert daemon.get(f"/{name}/").text == "two"
+    assert parse(daemon.get("/_api/metrics", admin=True).text)[key] == 1

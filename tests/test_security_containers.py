@@ -471,7 +471,7 @@ def test_cannot_reach_other_projects_or_the_daemon(sdaemon: DaemonProcess, engin
 
 
 def test_substrate_states_the_limits_and_isolation(sdaemon: DaemonProcess) -> None:
-    facts = sdaemon.get("/_api/substrate").json()["dockerfile"]
+    facts = sdaemon.get("/_api/substrate").json()["runtimes"]["dockerfile"]["facts"]
     assert facts["available"] is True
     container = facts["container"]
     assert container["limits"] == {"memory_mib": MEMORY_MB, "swap_mib": 0, "cpus": CPUS, "pids": PIDS,
@@ -565,7 +565,7 @@ def test_egress_allow_and_deny(engine, sdaemon: DaemonProcess, hostile: str, tmp
         net = client.networks.get(net_name)
         assert net.attrs["Internal"] is True and net_name.endswith("-internal")  # Host side: no route out.
         assert not ctr.attrs["HostConfig"]["PortBindings"]  # An internal network publishes nothing.
-        sub = d.get("/_api/substrate").json()["dockerfile"]["container"]
+        sub = d.get("/_api/substrate").json()["runtimes"]["dockerfile"]["facts"]["container"]
         assert sub["egress"].startswith("deny") and sub["build"]["network"].endswith("(internal)")
         with OutsideHost() as outside:
             denied = cgi(d, name, "connect", f"{outside.ip}:8000")

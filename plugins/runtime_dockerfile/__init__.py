@@ -138,4 +138,5 @@ def runtime_forget(runtime: str, project: str) -> bool:
 
 @hookimpl
 def runtime_substrate() -> dict:
-    return {NAME: container_facts()}
+    """The engine's facts and what each container gets (under runtimes.dockerfile.facts)."""
+    return container_facts()
