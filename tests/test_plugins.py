@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,86 @@ def test_third_party_runtime_deploys_without_core_changes(tmp_path):
         assert proc.get("/hello/some/path").text == "hey: hi there at /some/path"
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def probe_daemon(tmp_path_factory):
+    """A daemon with tests/thirdparty/tee-runtime-probe installed (see its docstring)."""
+    root = tmp_path_factory.mktemp("probe")
+    site = install("tee-runtime-probe", root / "site")
+    proc = DaemonProcess(root / "data", env={"PYTHONPATH": str(site)}).start()
+    proc.site = site
+    yield proc
+    proc.stop()
+
+
+def probe_deploy(daemon, name: str, text: str) -> dict:
+    r = daemon.deploy_files(name, {"probe.txt": text})
+    assert r.status_code == 201, r.text
+    assert r.json()["runtime"] == "probe"
+    return daemon.get(f"/{name}/").json()
+
+
+def test_contexts_carry_kept_versions_folders_daemon_id_and_backend(probe_daemon, tmp_path):
+    """What plugins used to compute from core's disk layout or read from the daemon's
+    environment comes in the build and start contexts."""
+    name = "probe-ctx"
+    first = probe_deploy(probe_daemon, name, "v1")
+    assert first["build"]["kept_versions"] == [1] and first["start"]["kept_versions"] == [1]
+    for n in range(2, 8):
+        seen = probe_deploy(probe_daemon, name, f"v{n}")
+    # Core keeps 5 versions: the build and the start of v7 already know 1 and 2 go.
+    assert seen["build"]["version"] == seen["start"]["version"] == 7
+    assert seen["build"]["kept_versions"] == seen["start"]["kept_versions"] == [3, 4, 5, 6, 7]
+    kept = [v["version"] for v in probe_daemon.get(f"/_api/projects/{name}/versions", admin=True).json()["versions"]]
+    assert sorted(kept) == [3, 4, 5, 6, 7]
+
+    project_dir = probe_daemon.data_dir / "projects" / name
+    for facts in (seen["build"], seen["start"]):
+        assert facts["backend"] == "process"
+        folders = facts["folders"]
+        assert folders["project_dir"] == str(project_dir)
+        assert folders["logs_dir"] == str(project_dir / "logs")
+        assert folders["cache_dir"] == str(project_dir / "cache")
+        # The data dir is the project's (on its own volume when the daemon makes them).
+        assert folders["data_dir"] in (str(project_dir / "data"), str(project_dir / "volume" / "data"))
+        assert Path(folders["data_dir"]).is_dir() and Path(folders["logs_dir"]).is_dir()
+
+    # The daemon id is short, the same for builds and starts, kept across a restart of
+    # the daemon (names on a shared engine must survive it), and another data dir's differs.
+    daemon_id = seen["start"]["daemon_id"]
+    assert daemon_id and len(daemon_id) <= 16 and seen["build"]["daemon_id"] == daemon_id
+    probe_daemon.stop()
+    probe_daemon.start()
+    restarted = probe_daemon.get(f"/{name}/").json()
+    assert restarted["start"]["daemon_id"] == daemon_id
+    assert restarted["start"]["kept_versions"] == [3, 4, 5, 6, 7]
+    other = DaemonProcess(tmp_path / "data", env={"PYTHONPATH": str(probe_daemon.site)}).start()
+    try:
+        assert probe_deploy(other, name, "v1")["start"]["daemon_id"] != daemon_id
+    finally:
+        other.stop()
+
+
+def test_a_plugin_cannot_overwrite_core_substrate_facts(probe_daemon, tmp_path):
+    """A plugin's runtime_substrate answer is shown under its runtime's name only: the
+    TEE mode, the isolation in force, the backend and other runtimes stay core's."""
+    facts = probe_daemon.get("/_api/substrate").json()
+    answer = facts["runtimes"]["probe"]["facts"]  # the plugin's answer, whole, where it belongs
+    assert answer["tee"] == "tdx" and answer["isolation"]["kind"] == "none" and answer["engine"]
+    assert facts["runtimes"]["probe"]["version"] == "1.0.0"
+    # The same daemon without the plugin says the same about everything core owns.
+    plain = DaemonProcess(tmp_path / "data").start()
+    try:
+        core = plain.get("/_api/substrate").json()
+    finally:
+        plain.stop()
+    assert facts["tee"] == core["tee"] != answer["tee"]
+    assert "forged" not in json.dumps(facts["tee_info"])
+    assert facts["backend"] == core["backend"] == "process"
+    assert facts["isolation"]["kind"] == core["isolation"]["kind"] != "none"
+    assert facts["runtimes"]["python"] == core["runtimes"]["python"]
+    assert "engine" not in facts
 
 
 def test_runtime_name_collision_fails_loudly(tmp_path):
