@@ -157,11 +157,14 @@ def test_hook_runtime_forget_drops_what_the_runtime_kept(echo_daemon: DaemonProc
 
 
 def test_hook_runtime_substrate_facts_are_nested_under_the_runtime(echo_daemon: DaemonProcess, name: str):
-    facts = echo_daemon.get("/_api/substrate").json()
-    assert facts["runtimes"]["echo"]["facts"] == {"running": running(echo_daemon)}
+    assert echo_daemon.deploy_files(name, {"echo.txt": "up"}).status_code == 201
+    # Public: asked without the admin token. (Counts are compared within one answer:
+    # an instance replaced by another test may still be draining.)
+    facts = echo_daemon.get("/_api/substrate", admin=False).json()
+    echo = facts["runtimes"]["echo"]
+    assert set(echo["facts"]) == {"running"} and echo["facts"]["running"] >= 1
     assert "running" not in facts  # never merged into core's own fields
-    # Public: the same answer without the admin token.
-    assert echo_daemon.get("/_api/substrate", admin=False).json()["runtimes"]["echo"]["facts"] == facts["runtimes"]["echo"]["facts"]
+    assert "facts" not in facts["runtimes"]["static"]  # one plugin's answer is not another's
 
 
 class Overreach:
