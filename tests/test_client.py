@@ -181,6 +181,11 @@ def test_clear_errors_and_exit_codes(daemon, name, tmp_path):
     bad = run(daemon, "ls", token="wrong-token")
     assert bad.returncode == 3 and "refused the admin token" in bad.stderr
 
+    # A wrong command line is a usage error (4), never "unreachable" (2).
+    for argv in (["deploy"], ["no-such-command"], ["rollback", name, "--to", "x"], ["ls", "--no-such-flag"]):
+        usage = run(daemon, *argv)
+        assert usage.returncode == 4 and "usage:" in usage.stderr, (argv, usage.returncode, usage.stderr)
+
     refused = run(daemon, "deploy", str(folder), "--name", "Bad_Name")
     assert refused.returncode == 1 and "invalid project name" in refused.stderr
 

@@ -69,7 +69,7 @@
   function status(text, bad) {
     const node = $("status");
     node.textContent = text;
-    node.className = "status" + (bad ? " bad" : "");
+    node.className = "notice" + (bad ? " bad" : "");
   }
 
   function short(value, n) {
@@ -79,6 +79,7 @@
   // The instance's state in the operator's words.
   function stateOf(instance) {
     if (!instance) return "not running";
+    if (!instance.state) return "serving"; // static files: the daemon serves them itself
     const names = { running: "serving", idle: "parked", "crash-loop": "crash-looping" };
     return names[instance.state] || instance.state;
   }

@@ -22,7 +22,9 @@ from litestar.response import Stream
 from tee_daemon.kernel.errors import NotFound, UserError
 from tee_daemon.state.models import NAME_RE, _iso
 from tee_daemon.web import viewer
+from tee_daemon.web import shapes
 from tee_daemon.web.api import ADMIN, daemon_of
+from tee_daemon.web.openapi import NAMED_REFUSALS, ADMIN_REFUSALS, documented
 
 OUTPUT_POLL = 0.2  # seconds between looks at the log files while following
 CHUNK = 64 * 1024
@@ -59,7 +61,7 @@ def dashboard_html(tee: str) -> str:
   <p class="row"><span id="who" class="none">Signed in for this tab.</span>
     <button class="button" type="button" id="refresh">Refresh</button>
     <button class="button" type="button" id="logout">Forget the token</button></p>
-  <p id="status" class="status" role="status" aria-live="polite"></p>
+  <p id="status" class="notice" role="status" aria-live="polite"></p>
   <section aria-labelledby="projects-h">
     <h2 id="projects-h">Projects</h2>
     <div class="scroll"><table id="projects" class="grid">
@@ -113,7 +115,12 @@ def dashboard_html(tee: str) -> str:
 # -- kept versions -----------------------------------------------------------------------
 
 
-@get("/_api/projects/{name:str}/versions", **ADMIN, sync_to_thread=False)
+@get(
+    "/_api/projects/{name:str}/versions",
+    **ADMIN,
+    sync_to_thread=False,
+    operation_class=documented(answer=shapes.Versions, refusals=NAMED_REFUSALS),
+)
 def list_versions(request: Request, name: str) -> dict[str, Any]:
     """The kept versions, newest first, with what each ran and whether it serves."""
     project = daemon_of(request).deployer.projects.get(name)  # type: ignore[union-attr]
@@ -144,7 +151,11 @@ def list_versions(request: Request, name: str) -> dict[str, Any]:
 # -- live output of a deploy -------------------------------------------------------------
 
 
-@get("/_api/projects/{name:str}/output", **ADMIN)
+@get(
+    "/_api/projects/{name:str}/output",
+    **ADMIN,
+    operation_class=documented(text="text/plain", refusals={**ADMIN_REFUSALS, 400: "not a valid project name"}),
+)
 async def deploy_output(request: Request, name: str) -> Stream:
     """What the project's build steps and runs write from now on, as it is written.
 
