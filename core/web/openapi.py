@@ -26,6 +26,7 @@ _DOCUMENTED: tuple[type, ...] = (
     shapes.ProjectInfo,
     shapes.ProjectList,
     shapes.Deleted,
+    shapes.Versions,
     shapes.Substrate,
     shapes.Audit,
     shapes.Attestation,
@@ -114,6 +115,7 @@ DEPLOY_EXAMPLES = {
     "tarball (multipart manifest part)": {"name": "site", "runtime": "static"},
 }
 # Hashes are placeholders (<...>): made-up hex would read as key material to a scan.
+# No null values: the OpenAPI renderer drops them from examples.
 DEPLOYED_EXAMPLE = {
     "hello": {
         "name": "hello",
@@ -130,10 +132,11 @@ DEPLOYED_EXAMPLE = {
         "tree_sha1": "<git tree id, 40 hex digits>",
         "tree_sha256": "<SHA-256 tree hash, 64 hex digits>",
         "version": 1,
-        "mode": "dev",
-        "promoted_at": None,
-        "last_changed_at": "2026-01-01T12:00:00Z",
+        "mode": "attested",
+        "promoted_at": "2026-01-01T12:00:00Z",
+        "last_changed_at": "2026-01-02T09:30:00Z",
         "manifest_sha256": "<SHA-256 of the canonical manifest, 64 hex digits>",
         "url": "http://127.0.0.1:8080/hello/",
+        "verification_url": "http://127.0.0.1:8080/_api/verification/hello",
     }
 }

@@ -65,6 +65,28 @@ class ProjectList(msgspec.Struct, kw_only=True):
     tee: str
 
 
+class KeptVersion(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    version: int
+    serving: bool  # the one the project's URL serves
+    created_at: str | None
+    runtime: str
+    entry: str | None
+    source: str
+    ref: str | None
+    commit: str | None
+    tree_sha1: str
+    tree_sha256: str
+    manifest_sha256: str
+
+
+class Versions(msgspec.Struct, kw_only=True):
+    """A project's kept versions, newest first."""
+
+    name: str
+    current: int
+    versions: list[KeptVersion]
+
+
 class Deleted(msgspec.Struct, kw_only=True):
     deleted: str
 
