@@ -1,7 +1,7 @@
 """The plugin API: the one module a runtime plugin imports from tee-daemon.
 
 A runtime plugin is a module (or an object) with `@hookimpl` functions, registered by
-the daemon (built-ins) or through the ``tee_daemon`` entry-point group (third-party).
+the daemon (built-ins) or through the ``tee_daemon.runtimes`` entry-point group (third-party).
 The hooks and what each receives and returns are described in
 `tee_daemon.kernel.hookspecs` (the hook manual); everything a plugin needs to implement
 them is here, and nothing else in core is part of the contract: core's other modules
