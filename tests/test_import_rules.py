@@ -1,7 +1,7 @@
 """The import rules that keep core's concerns apart (issue 13), each held by a test.
 
-Every import statement is read from the source with `ast`, function-level ones
-included, so an import hidden inside a function cannot slip past:
+Every import is read from the source with `ast`, function-level ones and
+`importlib.import_module("...")` included, so a hidden import cannot slip past:
 
 * plugins (`plugins/**`, `tests/thirdparty/**`) import only `tee_daemon.plugin` from
   core; they may import each other (`tee_daemon_plugins.*`, relative imports);
@@ -43,7 +43,20 @@ def imports(path: Path, package: str) -> list[tuple[int, str]]:
                 module = node.module or ""
             found.append((node.lineno, module))
             found += [(node.lineno, f"{module}.{alias.name}") for alias in node.names]
+        elif isinstance(node, ast.Call) and dynamic_import(node):
+            found.append((node.lineno, node.args[0].value))
     return found
+
+
+def dynamic_import(call: ast.Call) -> bool:
+    """`importlib.import_module("x")`, `import_module("x")` or `__import__("x")`."""
+    name = getattr(call.func, "attr", None) or getattr(call.func, "id", None)
+    return (
+        name in ("import_module", "__import__")
+        and bool(call.args)
+        and isinstance(call.args[0], ast.Constant)
+        and isinstance(call.args[0].value, str)
+    )
 
 
 def package_of(path: Path, root: Path, top: str) -> str:
@@ -111,9 +124,10 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
         "def later():\n"
         "    from tee_daemon.run import process\n"
         "    from .. import state\n"
+        "    importlib.import_module('tee_daemon.cli.client')\n"
     )
     found = {m for _, m in imports(sample, "tee_daemon.trust")}
-    assert {"tee_daemon.web.app", "tee_daemon.run.process", "tee_daemon.state"} <= found
+    assert {"tee_daemon.web.app", "tee_daemon.run.process", "tee_daemon.state", "tee_daemon.cli.client"} <= found
     assert violations([sample], lambda m: within(m, "tee_daemon.trust"), lambda p: imports(p, "tee_daemon.trust"))
 
 
