@@ -108,7 +108,7 @@ def runtime_detect(tree: Path) -> Detection | None:
 def runtime_build(runtime: str, ctx: BuildContext) -> BuildReport | bool | None:
     """Prepare a version to run: install dependencies, compile, check the entry exists.
 
-    Invoked by: a deploy or redeploy (``POST /_api/projects/<name>``, a git webhook),
+    Invoked by: a deploy (``POST /_api/projects``) or redeploy (``.../<name>/redeploy``),
     once per new version, in a worker thread, before `runtime_start`; only on the
     plugin that declared ``runtime``. Not called when a redeploy finds the same commit
     and tree. Blocking is fine; ``ctx.build_timeout`` bounds a build step.
@@ -156,22 +156,23 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance | None:
 
     Invoked by: a deploy or redeploy (after `runtime_build`) and a daemon start (for
     each project's current version); in a worker thread, once per start; only on the
-    plugin that declared ``runtime``. Crash restarts and cold starts after an idle stop
-    happen inside the instance `start` returned, not through this hook. Core awaits ``instance.ready(timeout)`` before any
-    traffic reaches it, so a slow or crashing start never replaces a working version.
+    plugin that declared ``runtime``. Crash restarts and cold starts after an idle
+    stop happen inside the instance `start` returned, not through this hook. Core
+    awaits ``instance.ready(timeout)`` before any traffic reaches it, so a slow or
+    crashing start never replaces a working version.
 
     Arguments:
         runtime: the runtime's name.
         ctx: the `StartContext`. Read `project`, `version`, `runtime`, `tree`,
-            `entry`, `build_dir` (what the build
-            left), `env` (the project's env with its secrets: hand it to the project
-            and nothing of the daemon's), `data_dir` (survives restarts and
-            redeploys), `tmp_dir`, `run_dir` (this start's private folder, for a unix
-            socket), `log_path` (the run log), `identity`, `backend` ("process" or
-            "docker"), `kept_versions`, `folders`, `daemon_id`, and `command`,
-            `image`, `port` as in `runtime_build`. A program is
-            started with `start(ctx, LaunchPlan(...))`, which sandboxes it as the
-            project and listens where core can reach it; never on a public interface.
+            `entry`, `build_dir` (what the build left), `env` (the project's env with
+            its secrets: hand it to the project and nothing of the daemon's),
+            `data_dir` (survives restarts and redeploys), `tmp_dir`, `run_dir` (this
+            start's private folder, for a unix socket), `log_path` (the run log),
+            `identity`, `backend` ("process" or "docker"), `kept_versions`,
+            `folders`, `daemon_id`, and `command`, `image`, `port` as in
+            `runtime_build`. A program is started with `start(ctx, LaunchPlan(...))`,
+            which sandboxes it as the project and has it listen where core can reach
+            it, never on a public interface.
 
     Returns: the `Instance` (None means the plugin did not start it: the deploy
     fails). Raise `DeployFailed` for the author's mistakes (a missing entry...).
