@@ -154,8 +154,9 @@ def runtime_build(runtime: str, ctx: BuildContext) -> BuildReport | bool | None:
 def runtime_start(runtime: str, ctx: StartContext) -> Instance | None:
     """Start a built version and return its `Instance` without waiting for it.
 
-    Invoked by: a deploy or redeploy (after `runtime_build`) and a daemon start (for
-    each project's current version); in a worker thread, once per start; only on the
+    Invoked by: a deploy or redeploy (after `runtime_build`), a rollback (a kept
+    version, built before) and a daemon start (for each project's current version);
+    in a worker thread, once per start; only on the
     plugin that declared ``runtime``. Crash restarts and cold starts after an idle
     stop happen inside the instance `start` returned, not through this hook. Core
     awaits ``instance.ready(timeout)`` before any traffic reaches it, so a slow or
@@ -218,8 +219,8 @@ def runtime_forward(runtime: str, instance: Instance) -> ASGIApp | None:
 def runtime_stop(runtime: str, instance: Instance) -> bool | None:
     """Release what `runtime_start` acquired beyond ``instance.stop()`` (optional).
 
-    Invoked by: a redeploy (for the replaced instance, once its requests drained), a
-    delete, and a deploy that failed after its instance started (recording it
+    Invoked by: a redeploy or rollback (for the replaced instance, once its requests
+    drained), a delete, and a deploy that failed after its instance started (recording it
     failed); in a worker thread, once per
     stopped instance, always after core awaited ``instance.stop()``; only on the
     plugin that declared ``runtime``. A daemon shutdown calls ``instance.detach()``
