@@ -156,11 +156,11 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance | None:
 
     Invoked by: a deploy or redeploy (after `runtime_build`), a rollback (a kept
     version, built before) and a daemon start (for each project's current version);
-    in a worker thread, once per start; only on the
-    plugin that declared ``runtime``. Crash restarts and cold starts after an idle
-    stop happen inside the instance `start` returned, not through this hook. Core
-    awaits ``instance.ready(timeout)`` before any traffic reaches it, so a slow or
-    crashing start never replaces a working version.
+    in a worker thread, once per start; only on the plugin that declared
+    ``runtime``. Crash restarts and cold starts after an idle stop happen inside the
+    instance `start` returned, not through this hook. Core awaits
+    ``instance.ready(timeout)`` before any traffic reaches it, so a slow or crashing
+    start never replaces a working version.
 
     Arguments:
         runtime: the runtime's name.
