@@ -220,12 +220,12 @@ def runtime_stop(runtime: str, instance: Instance) -> bool | None:
     """Release what `runtime_start` acquired beyond ``instance.stop()`` (optional).
 
     Invoked by: a redeploy or rollback (for the replaced instance, once its requests
-    drained), a delete, and a deploy that failed after its instance started (recording it
-    failed); in a worker thread, once per
-    stopped instance, always after core awaited ``instance.stop()``; only on the
-    plugin that declared ``runtime``. A daemon shutdown calls ``instance.detach()``
-    instead and not this hook. Implement it only for cleanup that belongs to the
-    runtime rather than the instance (images, networks, bookkeeping).
+    drained), a delete, and a deploy that failed after its instance started (its
+    record could not be written); in a worker thread, once per stopped instance,
+    always after core awaited ``instance.stop()``; only on the plugin that declared
+    ``runtime``. A daemon shutdown calls ``instance.detach()`` instead and not this
+    hook. Implement it only for cleanup that belongs to the runtime rather than the
+    instance (images, networks, bookkeeping).
 
     Arguments:
         runtime: the runtime's name.
