@@ -119,6 +119,7 @@ def test_deno_dir_keeps_only_fetched_modules(tmp_path: Path) -> None:
     ours = deps_tree_sha256(tree, "deno-dir")
     write(tree, "gen/file/abc.js", "transpiled again")
     write(tree, "node_analysis_cache_v2", "sqlite")
+    write(tree, "npm/registry.npmjs.org/ms/registry.json", '{"versions": "as of today"}')
     assert deps_tree_sha256(tree, "deno-dir") == ours
     copy = tmp_path / "copy"
     without_excluded(tree, copy, "deno-dir")
@@ -135,7 +136,7 @@ def test_missing_folder_is_none_and_unknown_kind_refused(tmp_path: Path) -> None
 
 NAMES = st.sampled_from(
     ["a", "b.js", "__pycache__", "x.pyc", ".package-lock.json", "RECORD", "INSTALLER",
-     "pkg.dist-info", "remote", "npm", "gen", "A", "a.b", "a0"]
+     "pkg.dist-info", "remote", "npm", "gen", "A", "a.b", "a0", "registry.json"]
 )  # fmt: skip
 PATHS = st.lists(NAMES, min_size=1, max_size=4).map("/".join)
 

@@ -15,7 +15,8 @@ leaving out what installers write that does not follow from the lockfile:
   path or URL a package came from;
 - in a Deno module cache, everything but `remote/` and `npm/` (the fetched modules):
   `gen/` and the `*_cache_v*` databases are transpiler output and SQLite files that
-  Deno rewrites whenever it runs.
+  Deno rewrites whenever it runs; and under `npm/`, each package's `registry.json` (the
+  registry's package document as fetched that day: it grows with every release).
 
 So an auditor who installs the same lockfile with the same toolchain into an empty
 folder gets the same id, and can recompute it with stock git on a copy of the folder
@@ -36,7 +37,7 @@ EXCLUDED = (
     "__pycache__/ and *.pyc",
     "node_modules/.package-lock.json",
     "*.dist-info/RECORD, INSTALLER, direct_url.json",
-    "a Deno cache's files outside remote/ and npm/",
+    "a Deno cache's files outside remote/ and npm/, and npm/**/registry.json",
 )
 
 _DIST_INFO_SKIP = frozenset({b"RECORD", b"INSTALLER", b"direct_url.json"})
@@ -57,6 +58,8 @@ def excluded(kind: str, parents: list[bytes], name: bytes, is_dir: bool) -> bool
     if not is_dir and parents and parents[-1].endswith(b".dist-info") and name in _DIST_INFO_SKIP:
         return True
     if kind == "deno-dir" and not parents and name not in _DENO_KEEP:
+        return True
+    if kind == "deno-dir" and not is_dir and parents[:1] == [b"npm"] and name == b"registry.json":
         return True
     return False
 

@@ -34,6 +34,18 @@ from tee_daemon.trust.lockfiles import file_sha256, npm_lockfile, requirements_p
 __all__ = ["ReinstallError", "reinstall"]
 
 TIMEOUT = 900
+# The auditor's network settings an install may need (proxies, CA bundles, package
+# indexes), as the daemon hands its builds; nothing else of the environment.
+NETWORK_ENV = (
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "PIP_CERT", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT",
+    "NPM_CONFIG_REGISTRY", "NPM_CONFIG_CAFILE", "npm_config_registry", "npm_config_cafile",
+)  # fmt: skip
+
+
+def _network_env() -> dict[str, str]:
+    return {k: v for k in NETWORK_ENV if (v := os.environ.get(k))}
 
 
 class ReinstallError(Exception):
@@ -112,7 +124,7 @@ def _reinstall_npm(tree: Path, toolchain: dict[str, str], scratch: Path) -> str 
         "npm_config_update_notifier": "false",
         "LANG": "C.UTF-8",
     }
-    env.update({k: v for k, v in os.environ.items() if k.lower() in ("https_proxy", "http_proxy", "no_proxy")})
+    env.update(_network_env())
     _run([*npm, "ci", "--no-audit", "--no-fund", "--omit=dev", "--loglevel=warn", "--ignore-scripts"], work, env)
     return deps_tree_sha256(work / "node_modules", "node_modules")
 
@@ -128,7 +140,7 @@ def _reinstall_pip(tree: Path, toolchain: dict[str, str], scratch: Path) -> str 
         )
     venv = scratch / "venv"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(scratch), "LANG": "C.UTF-8", "PIP_NO_CACHE_DIR": "1"}
-    env.update({k: v for k, v in os.environ.items() if k.startswith("PIP_") or k.lower().endswith("_proxy")})
+    env.update(_network_env())
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], scratch, env)
     _run(
         [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-input",

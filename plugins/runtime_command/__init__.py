@@ -31,7 +31,8 @@ from tee_daemon.plugin import BuildContext, DeployFailed, Detection, Instance, L
 from tee_daemon_plugins import toolchain
 from tee_daemon_plugins.depcache import BUILD_PATH
 from tee_daemon_plugins.runtime_node import npm
-from tee_daemon_plugins.runtime_python.venv import python_roots, python_venv
+from tee_daemon_plugins.runtime_deno import deno_report
+from tee_daemon_plugins.runtime_python.venv import python_roots, python_venv, venv_report
 
 HERE = Path(__file__).resolve().parent
 NAME = "command"
@@ -137,7 +138,7 @@ def _deno_cache(ctx: BuildContext) -> Path | None:
 
 
 @hookimpl
-def runtime_build(runtime: str, ctx: BuildContext) -> bool:
+def runtime_build(runtime: str, ctx: BuildContext) -> plugin.BuildReport:
     command = getattr(ctx, "command", None) or procfile_web(ctx.tree)
     if command is None:
         raise DeployFailed(
@@ -145,21 +146,41 @@ def runtime_build(runtime: str, ctx: BuildContext) -> bool:
             "or a Procfile with a `web:` line"
         )
     (ctx.build_dir / COMMAND_FILE).write_text(check_command(command) + "\n")
+    reports = []  # what each installer put in place (SPEC 12)
     if (ctx.tree / "package.json").is_file():
         if toolchain.find("node") is None:
             raise DeployFailed("the node runtime is not installed on this daemon (run make install)")
         modules = npm.npm_dependencies(ctx)
         if modules is not None:
             npm.app_dir_with_modules(ctx.tree, ctx.build_dir, modules)
+            reports.append(npm.npm_report(ctx, modules))
     venv = python_venv(ctx)
     if venv is not None:
         (ctx.build_dir / VENV_POINTER).write_text(str(venv) + "\n")
+        reports.append(venv_report(ctx, venv))
     deno_dir = _deno_cache(ctx)
     if deno_dir is not None:
         (ctx.build_dir / DENO_POINTER).write_text(str(deno_dir) + "\n")
+        reports.append(deno_report(ctx, deno_dir))
     _write_launchers(ctx.build_dir / "bin", venv)
     shutil.copyfile(HERE / RELAY, ctx.build_dir / RELAY)
-    return True
+    return _one_report(reports)
+
+
+def _one_report(reports: list[plugin.BuildReport]) -> plugin.BuildReport:
+    """One report for the manifest. The manifest has room for one lockfile and one tree:
+    with two installers (package.json and requirements.txt), only the first is
+    described, so the project counts as not pinned (the other is not in the evidence)."""
+    if not reports:
+        return plugin.BuildReport(pinned=True)
+    tools = {k: v for r in reports for k, v in r.toolchain.items()}
+    first = reports[0]
+    return plugin.BuildReport(
+        toolchain=tools,
+        lock_sha256=first.lock_sha256,
+        deps_tree_sha256=first.deps_tree_sha256,
+        pinned=len(reports) == 1 and first.pinned,
+    )
 
 
 def _pointer(build_dir: Path, name: str) -> Path | None:

@@ -99,7 +99,7 @@ def _lock_flags(tree: Path) -> list[str]:
 
 
 @hookimpl
-def runtime_build(runtime: str, ctx: BuildContext) -> bool:
+def runtime_build(runtime: str, ctx: BuildContext) -> plugin.BuildReport:
     entry = _entry(ctx, "server.ts" if runtime == DENO else "index.ts")
     if not (ctx.tree / entry).is_file():
         raise DeployFailed(f"entry file {entry!r} is not in the project")
@@ -119,14 +119,34 @@ def runtime_build(runtime: str, ctx: BuildContext) -> bool:
             read_only=[ctx.tree, ctx.build_dir, deno.parent],
             read_write=[deno_dir],
         )  # fmt: skip
-        return True
+        return deno_report(ctx, deno_dir)
     _binary(BUN)
     root = ctx.tree
     modules = npm.npm_dependencies(ctx)
     if modules is not None:
         root = npm.app_dir_with_modules(ctx.tree, ctx.build_dir, modules)
     _write_main(ctx.build_dir, root / entry, "shim_bun.ts", entry)
-    return True
+    # Bun's packages are installed by npm: pinned by package-lock.json, not bun.lock.
+    return npm.npm_report(ctx, modules, {"bun": toolchain.version(BUN) or ""})
+
+
+def deno_report(ctx: BuildContext, deno_dir: Path) -> plugin.BuildReport:
+    """What the Deno cache holds for the manifest (SPEC 12). With a deno.lock the install
+    ran `--frozen` (nothing outside the lockfile fetched, every module's hash checked).
+
+    The cache is the project's own across its versions, so the tree id records what it
+    holds after this build (modules earlier versions fetched included), and remote
+    modules carry the fetch's headers: an id to compare, not one to reproduce.
+    """
+    lock = ctx.tree / "deno.lock"
+    locked = lock.is_file() and not lock.is_symlink()
+    fetched = any(p.is_file() for d in ("remote", "npm") for p in (deno_dir / d).rglob("*"))
+    return plugin.BuildReport(
+        toolchain={"deno": toolchain.version(DENO) or ""},
+        lock_sha256=plugin.file_sha256(lock) if locked else None,
+        deps_tree_sha256=plugin.deps_tree_sha256(deno_dir, "deno-dir") if fetched else None,
+        pinned=locked or not fetched,
+    )
 
 
 @hookimpl

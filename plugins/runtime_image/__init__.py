@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 from tee_daemon.plugin import (
+    BuildReport,
     ContainerInstance,
     DeployFailed,
     Detection,
@@ -78,12 +79,14 @@ def resolve(client, image: str) -> str:
 
 
 @hookimpl
-def runtime_build(runtime: str, ctx: BuildContext) -> bool:
+def runtime_build(runtime: str, ctx: BuildContext) -> BuildReport:
     if not ctx.image:
         raise DeployFailed("the image runtime needs 'image' (with its digest)")
     image_id = resolve(docker_client(), ctx.image)  # No engine: a clear 4xx first.
     (ctx.build_dir / IMAGE_FILE).write_text(json.dumps({"image": ctx.image, "id": image_id}) + "\n")
-    return True
+    # What runs is fixed by the image's digest (attested as `image`): nothing is installed
+    # at deploy time, so it is pinned (SPEC 12).
+    return BuildReport(pinned=True)
 
 
 @hookimpl

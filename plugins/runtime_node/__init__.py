@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from tee_daemon import plugin
-from tee_daemon.plugin import BuildContext, DeployFailed, Detection, Instance, LaunchPlan, RuntimeInfo, StartContext, hookimpl
+from tee_daemon.plugin import BuildContext, BuildReport, DeployFailed, Detection, Instance, LaunchPlan, RuntimeInfo, StartContext, hookimpl
 
 from tee_daemon_plugins import toolchain
 
@@ -52,7 +52,7 @@ def _node() -> Path:
 
 
 @hookimpl
-def runtime_build(runtime: str, ctx: BuildContext) -> bool:
+def runtime_build(runtime: str, ctx: BuildContext) -> BuildReport:
     _node()
     entry = ctx.entry or "index.js"
     if not (ctx.tree / entry).is_file():
@@ -61,7 +61,7 @@ def runtime_build(runtime: str, ctx: BuildContext) -> bool:
     if modules is not None:
         npm.app_dir_with_modules(ctx.tree, ctx.build_dir, modules)
     shutil.copyfile(HERE / SHIM, ctx.build_dir / SHIM)
-    return True
+    return npm.npm_report(ctx, modules)
 
 
 @hookimpl

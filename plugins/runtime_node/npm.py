@@ -9,13 +9,15 @@ import os
 import shutil
 from pathlib import Path
 
-from tee_daemon.plugin import BuildContext, DeployFailed, own_folder, run_build_step
+from tee_daemon.plugin import (
+    BuildContext, BuildReport, DeployFailed, deps_tree_sha256, file_sha256, npm_lockfile, own_folder,
+    run_build_step,
+)  # fmt: skip
 
 from tee_daemon_plugins import toolchain
 from tee_daemon_plugins.depcache import BUILD_PATH, cached_install, digest
 
 MODULES_RECORD = "deps.txt"
-NPM_LOCKFILES = ("package-lock.json", "npm-shrinkwrap.json")
 
 
 def npm_dependencies(ctx: BuildContext) -> Path | None:
@@ -24,7 +26,7 @@ def npm_dependencies(ctx: BuildContext) -> Path | None:
     package = tree / "package.json"
     if not package.is_file() or package.is_symlink():
         return None
-    lock = next((tree / n for n in NPM_LOCKFILES if (tree / n).is_file() and not (tree / n).is_symlink()), None)
+    lock = npm_lockfile(tree)  # the same rule the verifier applies (SPEC 12)
     npm = toolchain.npm_argv()
     if npm is None:
         raise DeployFailed("package.json needs npm, but no node/npm is provisioned (run make install)")
@@ -69,6 +71,25 @@ def npm_dependencies(ctx: BuildContext) -> Path | None:
         modules.mkdir(exist_ok=True)
 
     return cached_install(ctx, key, "npm", install)
+
+
+def npm_report(ctx: BuildContext, deps: Path | None, tools: dict[str, str] | None = None) -> BuildReport:
+    """What `npm_dependencies` put in place, for the manifest (SPEC 12).
+
+    Pinned only with a lockfile (`npm ci` installs exactly it and checks every
+    tarball's integrity hash) and without lifecycle scripts, which may fetch anything.
+    """
+    toolchain_versions = {**(tools or {}), "node": toolchain.version("node"), "npm": toolchain.npm_version()}
+    toolchain_versions = {k: v for k, v in toolchain_versions.items() if v}
+    if deps is None:
+        return BuildReport(toolchain=toolchain_versions, pinned=True)
+    lock = npm_lockfile(ctx.tree)
+    return BuildReport(
+        toolchain=toolchain_versions,
+        lock_sha256=file_sha256(lock) if lock is not None else None,
+        deps_tree_sha256=deps_tree_sha256(deps / "node_modules", "node_modules"),
+        pinned=lock is not None and not ctx.allow_lifecycle_scripts,
+    )
 
 
 def app_dir_with_modules(tree: Path, build_dir: Path, deps: Path) -> Path:

@@ -17,11 +17,11 @@ import sysconfig
 from pathlib import Path
 
 from tee_daemon import plugin
-from tee_daemon.plugin import BuildContext, DeployFailed, Detection, Instance, LaunchPlan, RuntimeInfo, StartContext, hookimpl
+from tee_daemon.plugin import BuildContext, BuildReport, DeployFailed, Detection, Instance, LaunchPlan, RuntimeInfo, StartContext, hookimpl
 
 from tee_daemon_plugins import toolchain
 
-from .venv import python_roots, python_venv
+from .venv import python_roots, python_venv, venv_report
 
 HERE = Path(__file__).resolve().parent
 NAME = "python"
@@ -48,7 +48,7 @@ def runtime_detect(tree: Path) -> Detection | None:
 
 
 @hookimpl
-def runtime_build(runtime: str, ctx: BuildContext) -> bool:
+def runtime_build(runtime: str, ctx: BuildContext) -> BuildReport:
     entry = ctx.entry or "app.py"
     if not (ctx.tree / entry).is_file():
         raise DeployFailed(f"entry file {entry!r} is not in the project")
@@ -56,7 +56,7 @@ def runtime_build(runtime: str, ctx: BuildContext) -> bool:
     if venv is not None:
         (ctx.build_dir / VENV_POINTER).write_text(str(venv) + "\n")
     shutil.copyfile(HERE / SHIM, ctx.build_dir / SHIM)
-    return True
+    return venv_report(ctx, venv)
 
 
 @hookimpl

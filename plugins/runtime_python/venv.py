@@ -1,15 +1,20 @@
 """The python runtime's dependencies: ``requirements.txt`` → a virtual environment of
 the project's own (pip from the daemon's environment, targeting the new venv's
-interpreter), cached by `depcache`.
+interpreter), cached by `depcache`. A requirements.txt that pins every requirement with a
+hash is installed with ``--require-hashes`` (SPEC 12): pip then refuses any file, dependencies
+included, whose hash it does not list.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 import sys
 from pathlib import Path
 
-from tee_daemon.plugin import BuildContext, run_build_step
+from tee_daemon.plugin import (
+    BuildContext, BuildReport, deps_tree_sha256, file_sha256, requirements_pinned, run_build_step,
+)  # fmt: skip
 
 from tee_daemon_plugins.depcache import BUILD_PATH, cached_install, digest
 
@@ -26,7 +31,8 @@ def python_venv(ctx: BuildContext) -> Path | None:
     requirements = tree / "requirements.txt"
     if not requirements.is_file() or requirements.is_symlink():
         return None
-    key = digest(b"pip/1", sys.version.encode(), requirements.read_bytes())
+    pinned = requirements_pinned(requirements.read_text(errors="replace"))
+    key = digest(b"pip/2", sys.version.encode(), requirements.read_bytes())
 
     def install(dest: Path) -> None:
         venv = dest / "venv"
@@ -48,6 +54,7 @@ def python_venv(ctx: BuildContext) -> Path | None:
             [
                 sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
                 "--no-input", "--disable-pip-version-check", "--progress-bar", "off",
+                *(["--require-hashes"] if pinned else []),
                 "-r", str(dest / "requirements.txt"),
             ],
             cwd=dest, env=env, read_only=[*roots, ctx.tree], read_write=[dest],
@@ -57,3 +64,24 @@ def python_venv(ctx: BuildContext) -> Path | None:
 
     dest = cached_install(ctx, key, "pip", install)
     return dest / "venv"
+
+
+def site_packages(venv: Path) -> Path | None:
+    found = sorted((venv / "lib").glob("python*/site-packages"))
+    return found[0] if found else None
+
+
+def venv_report(ctx: BuildContext, venv: Path | None) -> BuildReport:
+    """What `python_venv` installed, for the manifest (SPEC 12): the tree id is over the
+    venv's site-packages (its bin/ holds scripts whose first line names this folder)."""
+    tools = {"python": ".".join(map(str, sys.version_info[:3])), "pip": importlib.metadata.version("pip")}
+    if venv is None:
+        return BuildReport(toolchain={"python": tools["python"]}, pinned=True)
+    requirements = ctx.tree / "requirements.txt"
+    pinned = requirements_pinned(requirements.read_text(errors="replace"))
+    return BuildReport(
+        toolchain=tools,
+        lock_sha256=file_sha256(requirements) if pinned else None,
+        deps_tree_sha256=deps_tree_sha256(site_packages(venv), "site-packages"),
+        pinned=pinned,
+    )
