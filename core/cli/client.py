@@ -502,12 +502,15 @@ def cmd_promote(args: argparse.Namespace) -> dict:
 
 
 def cmd_redeploy(args: argparse.Namespace) -> dict:
+    name = _name(args.name)
     client, url = _client(args, DEPLOY_TIMEOUT)
-    with client, err.status(f"Fetching {args.name} again…"):
+    with client, _LiveOutput(args, name):
+        err.print(f"Fetching {_escape(name)} again…")
         try:
-            return _answer(client.post(f"/_api/projects/{_name(args.name)}/redeploy"))
+            response = client.post(f"/_api/projects/{name}/redeploy")
         except httpx.HTTPError as exc:
             raise _unreachable(url, exc) from None
+    return _answer(response)
 
 
 def cmd_rollback(args: argparse.Namespace) -> dict:
