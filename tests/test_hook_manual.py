@@ -163,3 +163,14 @@ def test_readme_points_plugin_authors_to_the_guide():
 def test_entry_points_are_not_disabled_for_the_suite():
     """The third-party hook tests mean nothing if the daemon skips entry points."""
     assert os.environ.get("TEE_DAEMON_NO_ENTRY_POINTS") is None
+
+
+def test_the_manual_names_only_what_a_plugin_can_import():
+    """A helper or type the manual points to (`run_build_step`, `BuildReport`...) is in
+    `tee_daemon.plugin`: renaming one there without the manual fails here."""
+    known = set(HOOKS) | set(tee_daemon.plugin.__all__)
+    for struct in (contract.BuildContext, contract.StartContext, contract.RuntimeInfo, contract.Detection):
+        known |= set(struct.__struct_fields__)
+    for hook in HOOKS:
+        named = set(re.findall(r"(?<!`)`([A-Za-z_]\w*)(?:\(|`)", doc(hook)))
+        assert named <= known, f"{hook}'s manual names {sorted(named - known)}, not in tee_daemon.plugin"

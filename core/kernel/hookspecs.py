@@ -56,7 +56,7 @@ def runtime_describe() -> list[RuntimeInfo]:
     """Declare the runtimes this plugin provides.
 
     Invoked by: the registry, once per plugin when the daemon starts (main thread,
-    before it listens), and again in tests that build a `Registry`.
+    before it listens).
 
     Arguments: none.
 
