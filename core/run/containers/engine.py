@@ -17,14 +17,14 @@ import contextlib
 import hashlib
 import os
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from tee_daemon.kernel.errors import UserError
+from tee_daemon.run.logfiles import log_line  # noqa: F401  (used by instance, watch)
+from tee_daemon.kernel.errors import DeployFailed, UserError
 
 LABEL_DAEMON = "tee-daemon.daemon"
 LABEL_PROJECT = "tee-daemon.project"
@@ -188,9 +188,11 @@ def short(exc: BaseException) -> str:
 
 
 def projects_dir_of(ctx) -> Path:
-    """<data-dir>/projects, from a Build- or StartContext: its build folder is
-    projects/<name>/versions/<n>/build (the data dir may live elsewhere, on a volume)."""
-    return Path(ctx.build_dir).parents[3]
+    """<data-dir>/projects, from a Build- or StartContext: the folder holding the
+    project's own (core's layout: the executor is core; plugins never work this out)."""
+    if ctx.folders is not None:
+        return Path(ctx.folders.project_dir).parent
+    return Path(ctx.build_dir).parents[3]  # projects/<name>/versions/<n>/build
 
 
 def daemon_id(projects_dir: Path) -> str:
@@ -228,16 +230,7 @@ def filters(did: str, project: str | None = None, version: int | None = None) ->
 
 # -- logs ---------------------------------------------------------------------------------
 
-
-def log_line(path: Path | None, message: str) -> None:
-    """A line from the daemon itself in a project's log."""
-    if path is None:
-        return
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab") as fh:
-            fh.write(f"[tee-daemon {stamp}] {message}\n".encode())
+# `log_line` (imported above) is the one writer of the daemon's lines in a project's log.
 
 
 def rotate_log(path: Path) -> None:

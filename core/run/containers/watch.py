@@ -8,6 +8,7 @@ concern); its threads talk to the engine with a client of their own.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from datetime import datetime
