@@ -151,3 +151,9 @@ from tee_daemon.trust.depstree import deps_tree_sha256  # noqa: E402
 from tee_daemon.trust.lockfiles import file_sha256, npm_lockfile, requirements_pinned  # noqa: E402
 
 __all__ += ["BuildReport", "deps_tree_sha256", "file_sha256", "npm_lockfile", "requirements_pinned"]
+
+# -- the SPEC's JSON error body (engineer C): a runtime that answers a refusal itself -----
+# (the static runtime's 404/405) builds the same body as core's router, proxy and API.
+from tee_daemon.kernel.errors import error_answer, error_body  # noqa: E402
+
+__all__ += ["error_answer", "error_body"]

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 from tee_daemon.kernel.contract import BuildContext, StartContext
 from tee_daemon.kernel.errors import DeployFailed
 from tee_daemon.run import sandbox
+from tee_daemon.run.logfiles import log_line
 from tee_daemon.run.process import tail
 
 # Operator network settings a package install may need (proxies, extra CA bundles,
@@ -50,16 +50,7 @@ def network_paths(env: dict[str, str]) -> list[Path]:
 def project_log(target: BuildContext | StartContext | Path | None, message: str) -> None:
     """A line from the daemon itself in a project's log: `target` is a log file, or a
     context (its `log_path`: the build log of a build, the run log of a start)."""
-    path = getattr(target, "log_path", target)
-    if path is None:
-        return
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab") as fh:
-            fh.write(f"[tee-daemon {stamp}] {message}\n".encode())
-    except OSError:
-        pass  # A full disk must not turn a log line into a failed deploy.
+    log_line(getattr(target, "log_path", target), message)
 
 
 def own_folder(path: Path, ctx: BuildContext) -> Path:

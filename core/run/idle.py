@@ -12,7 +12,7 @@ import json
 import time
 import weakref
 
-from tee_daemon.kernel.errors import DeployFailed
+from tee_daemon.kernel.errors import DeployFailed, error_body
 
 IDLE_CHECK_MAX = 5.0  # The idle sweep runs at least this often (and 4x per idle_stop).
 
@@ -86,7 +86,7 @@ async def _unavailable(scope, send, detail: str) -> None:
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1013})  # Try again later.
         return
-    body = json.dumps({"status_code": 503, "detail": detail}).encode()
+    body = json.dumps(error_body(503, detail)).encode()
     await send(
         {
             "type": "http.response.start",

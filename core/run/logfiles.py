@@ -54,14 +54,18 @@ def tail(path: Path, since: int = 0, lines: int = 30, max_bytes: int = 16384) ->
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
-def log_line(path: Path, message: str) -> None:
-    """A line from the daemon itself in a project's log."""
+def log_line(path: Path | None, message: str) -> None:
+    """A line from the daemon itself in a project's log (its build or run log): the one
+    writer of these lines, for processes, containers and plugins (`plugin.project_log`)."""
+    if path is None:
+        return
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as fh:
             fh.write(f"[tee-daemon {stamp}] {message}\n".encode())
     except OSError:
-        pass
+        pass  # A full disk must not turn a log line into a failed deploy.
 
 
 _live: "weakref.WeakSet" = weakref.WeakSet()  # instances with a `log_path`

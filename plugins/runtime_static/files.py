@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 from urllib.parse import quote
 
-from tee_daemon.plugin import Receive, Scope, Send
+from tee_daemon.plugin import Receive, Scope, Send, error_body
 
 CHUNK = 256 * 1024
 TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
@@ -239,7 +239,7 @@ async def _redirect(send: Send, location: str) -> None:
 
 
 async def _error(send: Send, status: int, detail: str, allow: bool = False) -> None:
-    body = json.dumps({"status_code": status, "detail": detail}).encode()
+    body = json.dumps(error_body(status, detail)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if allow:
         headers.append((b"allow", b"GET, HEAD"))
