@@ -237,3 +237,52 @@ def test_dashboard_operates_the_daemon(fresh_daemon, browser, tmp_path):
     w.shot("admin-mobile")
     w.no_markup_from_values()
     context.close()
+
+
+HANDLER = "async def handle(method, path, headers, body, env):\n    return 200, {}, b'ok'\n"
+
+
+def wait_for_state(w: Dashboard, name: str, shown: str, timeout: float = 90) -> None:
+    """Refresh the dashboard until the project's State cell says `shown`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        w.page.click("#refresh")
+        w.page.wait_for_timeout(500)
+        if w.cell(name, 2) == shown:
+            return
+        assert time.monotonic() < deadline, f"{name} shows {w.cell(name, 2)!r}, not {shown!r}"
+
+
+def test_dashboard_shows_parked_projects(fresh_daemon, browser):
+    d = fresh_daemon(env={"TEE_DAEMON_IDLE_STOP": "1"})
+    assert d.deploy_files("sleepy", {"app.py": HANDLER, "requirements.txt": ""}).status_code == 201
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    w = Dashboard(context, d.url)
+    w.open()
+    w.sign_in()
+    w.row("sleepy").wait_for()
+    wait_for_state(w, "sleepy", "parked")
+    assert d.get("/_api/projects/sleepy", admin=True).json()["instance"]["state"] == "idle"
+    w.shot("admin-parked")
+    w.no_markup_from_values()
+    context.close()
+
+
+def test_dashboard_shows_crash_looping_projects(fresh_daemon, browser):
+    d = fresh_daemon()
+    # Serves, then dies 2 s after every start: restarted with backoff until it is a loop.
+    crashing = "import os, threading\nthreading.Timer(2.0, lambda: os._exit(3)).start()\n" + HANDLER
+    assert d.deploy_files("crashy", {"app.py": crashing, "requirements.txt": ""}).status_code == 201
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    w = Dashboard(context, d.url)
+    w.open()
+    w.sign_in()
+    w.row("crashy").wait_for()
+    wait_for_state(w, "crashy", "crash-looping")
+    w.row("crashy").get_by_role("button", name="Open").click()
+    wait_for_text(w.page.locator("#log"), "crash loop")
+    w.shot("admin-crash-loop")
+    w.no_markup_from_values()
+    context.close()
