@@ -37,6 +37,18 @@ are written with nothing more):
   log (the build log for a `BuildContext`, the run log for a `StartContext`).
 * `proxy_to(upstream)` is an ASGI app forwarding HTTP and WebSockets to a unix socket
   path or a ``(host, port)`` on loopback, for a runtime that starts its server itself.
+* `error_body` / `error_answer`: the SPEC's JSON error body, for a runtime that answers
+  a refusal itself (the static runtime's 404 and 405).
+
+What a build installed (SPEC 12): `runtime_build` may return a `BuildReport` (toolchain
+versions, the lockfile's digest, the installed tree's id, whether a lockfile pinned it);
+`deps_tree_sha256`, `file_sha256`, `npm_lockfile` and `requirements_pinned` compute its
+fields by the same rules the verifier applies (``tee-daemon verify --deps``).
+
+The container executor, for a runtime that brings its own image (the Dockerfile
+runtime): core starts, watches, adopts and removes containers and owns the engine
+connection and its settings (`container_spec`, `start_container`, `container_forward`,
+`forget_containers`, `container_facts`, ...); the runtime builds its images.
 """
 
 from __future__ import annotations
@@ -44,58 +56,22 @@ from __future__ import annotations
 from tee_daemon.kernel.contract import (
     ASGIApp,
     BuildContext,
+    BuildReport,
     Detection,
     Folders,
     Identity,
     Instance,
-    RuntimeInfo,
     Receive,
+    RuntimeInfo,
     Scope,
     Send,
     StartContext,
 )
-from tee_daemon.kernel.errors import DeployFailed
+from tee_daemon.kernel.errors import DeployFailed, error_answer, error_body
 from tee_daemon.kernel.hookspecs import hookimpl
-from tee_daemon.run.launch import LaunchPlan, forget, forward, isolation, listen_dir, start
-from tee_daemon.run.build import own_folder, project_log, run_build_step
 from tee_daemon.proxy.forward import proxy_to
-
-__all__ = [
-    # the hook marker
-    "hookimpl",
-    # the contract types
-    "RuntimeInfo",
-    "Detection",
-    "BuildContext",
-    "StartContext",
-    "Folders",
-    "Instance",
-    "Identity",
-    "ASGIApp",
-    "Scope",
-    "Receive",
-    "Send",
-    # errors
-    "DeployFailed",
-    # running a program
-    "LaunchPlan",
-    "start",
-    "forward",
-    "forget",
-    "isolation",
-    "listen_dir",
-    "proxy_to",
-    # builds and logs
-    "run_build_step",
-    "own_folder",
-    "project_log",
-    # -- names added by other engineers (container executor for the dockerfile plugin, ...) --
-]
-
-# -- the container executor (engineer B): for a runtime that brings its own image --------
-# (the Dockerfile runtime). Core starts, watches, adopts and removes the containers and
-# owns the engine connection and its settings; the runtime builds its images.
-from tee_daemon.run.containers import (  # noqa: E402
+from tee_daemon.run.build import own_folder, project_log, run_build_step
+from tee_daemon.run.containers import (
     CFS_PERIOD_US,
     LABEL_RUNTIME,
     LABEL_VERSION,
@@ -118,8 +94,48 @@ from tee_daemon.run.containers import (  # noqa: E402
     start_container,
     substrate as container_facts,
 )
+from tee_daemon.run.launch import LaunchPlan, forget, forward, isolation, listen_dir, start
+from tee_daemon.trust.depstree import deps_tree_sha256
+from tee_daemon.trust.lockfiles import file_sha256, npm_lockfile, requirements_pinned
 
-__all__ += [
+__all__ = [
+    # the hook marker
+    "hookimpl",
+    # the contract types
+    "RuntimeInfo",
+    "Detection",
+    "BuildContext",
+    "StartContext",
+    "Folders",
+    "Instance",
+    "Identity",
+    "ASGIApp",
+    "Scope",
+    "Receive",
+    "Send",
+    # errors
+    "DeployFailed",
+    "error_answer",
+    "error_body",
+    # running a program
+    "LaunchPlan",
+    "start",
+    "forward",
+    "forget",
+    "isolation",
+    "listen_dir",
+    "proxy_to",
+    # builds and logs
+    "run_build_step",
+    "own_folder",
+    "project_log",
+    # what a build installed (SPEC 12)
+    "BuildReport",
+    "deps_tree_sha256",
+    "file_sha256",
+    "npm_lockfile",
+    "requirements_pinned",
+    # the container executor
     "CFS_PERIOD_US",
     "LABEL_RUNTIME",
     "LABEL_VERSION",
@@ -142,18 +158,3 @@ __all__ += [
     "short",
     "start_container",
 ]
-
-# -- what a build installed (engineer G, SPEC 12): `runtime_build` returns a BuildReport --
-# with the lockfile's digest and the installed tree's id, computed by the same rules the
-# verifier applies (`tee-daemon verify --deps`).
-from tee_daemon.kernel.contract import BuildReport  # noqa: E402
-from tee_daemon.trust.depstree import deps_tree_sha256  # noqa: E402
-from tee_daemon.trust.lockfiles import file_sha256, npm_lockfile, requirements_pinned  # noqa: E402
-
-__all__ += ["BuildReport", "deps_tree_sha256", "file_sha256", "npm_lockfile", "requirements_pinned"]
-
-# -- the SPEC's JSON error body (engineer C): a runtime that answers a refusal itself -----
-# (the static runtime's 404/405) builds the same body as core's router, proxy and API.
-from tee_daemon.kernel.errors import error_answer, error_body  # noqa: E402
-
-__all__ += ["error_answer", "error_body"]
