@@ -202,3 +202,18 @@ def test_output_stream_is_admin_only_and_checks_the_name(daemon):
     with daemon.client() as c, c.stream("GET", "/_api/projects/not-deployed-yet/output") as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     assert not (daemon.data_dir / "projects" / "not-deployed-yet").exists()
+
+
+def test_deploy_dot_and_git_urls_take_their_names(daemon, name, tmp_path):
+    folder = write(tmp_path / f"{name}-here", {"index.html": "dot"})
+    ok(shell("tee-daemon deploy .", daemon, cwd=folder))
+    assert daemon.get(f"/{name}-here/").text == "dot"
+
+    repo = write(tmp_path / f"{name}-repo", {"index.html": "from git"})
+    git_env = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_AUTHOR_NAME": "T",
+               "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "T", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    ok(shell("git init -q -b main && git add . && git commit -qm one", cwd=repo, **git_env))
+    result = shell(f"tee-daemon deploy file://{repo}", daemon)
+    ok(result)
+    assert f"project name: {name}-repo" in result.stderr
+    assert daemon.get(f"/{name}-repo/").text == "from git"
