@@ -467,7 +467,7 @@ def daemon_id(settings: Settings, store: Store) -> str:
     """A short id of this daemon, stable across restarts: the operator's
     TEE_DAEMON_DOCKER_ID (several daemons on one container engine), else a hash of the
     projects folder (the same id the container executor labels its resources with)."""
-    override = (getattr(settings, "docker_id", None) or "").strip().lower()
+    override = (settings.docker_id or "").strip().lower()
     if override:
         return "".join(c for c in override if c.isalnum())[:16] or "x"
     return hashlib.sha256(str(store.projects_dir.resolve()).encode()).hexdigest()[:10]
