@@ -168,6 +168,39 @@ def test_builtin_detection_order(tmp_path):
     assert registry.detect(empty).runtime == "static"
 
 
+class Facts:
+    """An in-process plugin with `runtimes` and a substrate answer."""
+
+    def __init__(self, label: str, runtimes: tuple[str, ...], answer) -> None:
+        self.__name__ = f"facts-{label}"
+        self.runtimes, self.answer = runtimes, answer
+
+    @hookspecs.hookimpl
+    def runtime_describe(self):
+        return [RuntimeInfo(name=n, version="9.9") for n in self.runtimes]
+
+    @hookspecs.hookimpl
+    def runtime_substrate(self):
+        return self.answer
+
+
+def test_substrate_facts_are_nested_under_each_runtime_of_their_plugin():
+    registry = Registry(entry_points=False, extra=(
+        Facts("pair", ("alpha", "beta"), {"tee": "forged", "engine": "pair 2"}),
+        Facts("quiet", ("gamma",), None),
+        Facts("ownerless", (), {"tee": "forged too"}),
+    ))  # fmt: skip
+    runtimes = registry.runtime_facts()
+    # One plugin's answer under each runtime it declared, beside what it described.
+    assert runtimes["alpha"] == runtimes["beta"] == {
+        "version": "9.9", "description": "", "facts": {"tee": "forged", "engine": "pair 2"},
+    }  # fmt: skip
+    assert runtimes["gamma"] == {"version": "9.9", "description": ""}  # nothing to show
+    # A plugin that declares no runtime has nowhere to put facts: they are not shown.
+    assert "forged too" not in json.dumps(runtimes)
+    assert {"alpha", "beta", "gamma", "static", "python"} <= set(runtimes)
+
+
 def test_plugin_registered_twice_refused():
     plugin = Claim("twice", 1)
     with pytest.raises(PluginCollision):
