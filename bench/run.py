@@ -14,6 +14,7 @@ deploy→200 and the cold start after an idle stop, with the goals of issue 9.
 
     .venv/bin/python bench/run.py [--duration 5] [--density] [--runtimes deno,bun]
     .venv/bin/python bench/run.py --only-sandbox [--sandbox-runtimes deno,python]
+    .venv/bin/python bench/run.py --only-apps     # Express and Flask (bench/apps.py)
 
 Needs wrk and nginx (scripts/setup-system.sh, run by `make install`). Nothing is
 installed here. Figures on a shared machine move between runs: read the ratios.
@@ -430,9 +431,15 @@ def main(argv: list[str] | None = None) -> int:
         "--only-connections", action="store_true", help="only the connection rows (silent connections, slow readers)"
     )
     parser.add_argument("--no-connections", action="store_true", help="skip the connection rows")
+    parser.add_argument(
+        "--only-apps", action="store_true", help="only the ordinary-app rows (Express, Flask: daemon vs direct)"
+    )
+    parser.add_argument("--no-apps", action="store_true", help="skip the ordinary-app rows")
     args = parser.parse_args(argv)
     if args.only_connections:
         return run_connections(args)
+    if args.only_apps:
+        return run_apps(args)
 
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
@@ -944,12 +951,33 @@ def run_connections(args) -> int:
     return 0
 
 
+def run_apps(args) -> int:
+    """The ordinary-app rows (bench/apps.py): Express and Flask, daemon against direct."""
+    import apps
+
+    for tool in ("wrk",):
+        if not shutil.which(tool):
+            print(f"bench: {tool} is missing; run `make install` (scripts/setup-system.sh)", file=sys.stderr)
+            return 2
+    workdir = Path(tempfile.mkdtemp(prefix="tee-bench-apps-"))
+    started = time.monotonic()
+    try:
+        apps.print_rows(apps.run(Daemon, workdir, sys.modules[__name__], duration=getattr(args, "sandbox_duration", 3.0)))
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"(app rows took {time.monotonic() - started:.0f}s)")
+    return 0
+
+
 def main_and_connections(argv: list[str] | None = None) -> int:
     code = main(argv)
     args = sys.argv[1:] if argv is None else argv
-    skip = {"--only-connections", "--no-connections", "--only-sandbox", "-h"}
+    skip = {"--only-connections", "--no-connections", "--only-sandbox", "--only-apps", "-h"}
     if code == 0 and not skip.intersection(args):
         code = run_connections(argparse.Namespace(keep="--keep" in args))
+    if code == 0 and not {"--only-connections", "--only-sandbox", "--only-apps", "--no-apps", "-h"}.intersection(args):
+        code = run_apps(argparse.Namespace(keep="--keep" in args))
     return code
 
 

@@ -8,7 +8,8 @@ gunicorn, uvicorn) listens on TCP ``$HOST:$PORT`` instead. The namespace is the
 project's alone, so the port is free and unreachable from outside; this program starts
 the command with ``PORT``/``HOST`` set, waits until that port accepts, and only then
 binds ``LISTEN_UNIX`` (so the daemon's readiness check means "the app serves"). Every
-connection to the socket is relayed, bytes both ways, to ``$HOST:$PORT``.
+connection to the socket is relayed, bytes both ways, to ``$HOST:$PORT`` (with
+splice(2): the kernel moves the bytes).
 
 The command runs under ``/bin/sh -c`` (a Procfile line may use ``$PORT``). Its exit ends
 this program with the same status, so the daemon's supervision (restart, "exited
@@ -26,69 +27,107 @@ COMMAND = os.environ.pop("TEE_COMMAND")
 UNIX = os.environ.pop("LISTEN_UNIX", None)
 INNER_PORT = "8080"  # The namespace is the project's own: nothing else can hold it.
 POLL = 0.05
+CHUNK = 1 << 16  # A pipe's default capacity.
+SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 HINT_AFTER = 3.0  # Seconds without a listener before the log says what is awaited.
 
 
-class Pipe(asyncio.Protocol):
-    """One direction of a relayed connection, with flow control: when the other side's
-    write buffer is full, reading from this side pauses."""
+class Direction:
+    """Bytes one way, from `src` to `dst`, through a pipe with splice(2): the kernel moves
+    them, Python only sees readiness (the relay runs in the project's CPU quota, so it
+    should cost as little as it can). While `dst` cannot take more, `src` is not read:
+    a slow reader slows the writer instead of filling memory."""
 
-    def __init__(self, peer: "Pipe | None" = None, on_connect=None) -> None:
-        self.peer = peer
-        self.on_connect = on_connect
-        self.transport: asyncio.Transport | None = None
-        self.pending: list[bytes] = []  # Data that arrived before the peer connected.
-        self.closed = False
+    def __init__(self, loop, src: socket.socket, dst: socket.socket, pair: "Pair") -> None:
+        self.loop, self.src, self.dst, self.pair = loop, src, dst, pair
+        self.r, self.w = os.pipe()
+        self.buffered = 0  # Bytes in the pipe, not yet written to dst.
+        self.done = False
+        loop.add_reader(src.fileno(), self.readable)
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        if self.on_connect is not None:
-            asyncio.ensure_future(self.on_connect(self))
-
-    def data_received(self, data: bytes) -> None:
-        peer = self.peer
-        if peer is None or peer.transport is None:
-            self.pending.append(data)
-            self.transport.pause_reading()
+    def readable(self) -> None:
+        try:
+            n = os.splice(self.src.fileno(), self.w, CHUNK, flags=SPLICE_FLAGS)
+        except BlockingIOError:
             return
-        peer.transport.write(data)
+        except OSError:
+            return self.pair.close()
+        if n == 0:  # EOF: pass the half-close on; the other way may still be talking.
+            self.loop.remove_reader(self.src.fileno())
+            self.done = True
+            try:
+                self.dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            return self.pair.close_if_done()
+        self.buffered += n
+        if not self.flush():
+            self.loop.remove_reader(self.src.fileno())
+            self.loop.add_writer(self.dst.fileno(), self.writable)
 
-    def eof_received(self):
-        if self.peer is not None and self.peer.transport is not None and self.peer.transport.can_write_eof():
-            self.peer.transport.write_eof()  # Half-close: the other side may still answer.
-            return True
-        return False
+    def flush(self) -> bool:
+        """Write what the pipe holds; False when dst is full."""
+        while self.buffered:
+            try:
+                self.buffered -= os.splice(self.r, self.dst.fileno(), self.buffered, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                return False
+            except OSError:
+                self.pair.close()
+                return True
+        return True
 
-    def connection_lost(self, exc) -> None:
+    def writable(self) -> None:
+        if self.flush() and not self.pair.closed:
+            self.loop.remove_writer(self.dst.fileno())
+            self.loop.add_reader(self.src.fileno(), self.readable)
+
+    def close(self) -> None:
+        for fd in (self.r, self.w):
+            os.close(fd)
+
+
+class Pair:
+    """One relayed connection: the daemon's side and the app's side, both ways."""
+
+    def __init__(self, loop, client: socket.socket, upstream: socket.socket) -> None:
+        self.loop, self.socks, self.closed = loop, (client, upstream), False
+        self.ways = (Direction(loop, client, upstream, self), Direction(loop, upstream, client, self))
+
+    def close_if_done(self) -> None:
+        if all(way.done for way in self.ways):
+            self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
         self.closed = True
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.close()
-
-    # The peer's write buffer is ours to throttle.
-    def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
+        for sock in self.socks:
+            self.loop.remove_reader(sock.fileno())
+            self.loop.remove_writer(sock.fileno())
+            sock.close()
+        for way in self.ways:
+            way.close()
 
 
-async def relay_one(client: Pipe, host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
+async def relay_one(loop, client: socket.socket, host: str, port: int) -> None:
+    upstream = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    upstream.setblocking(False)
+    upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        _, upstream = await loop.create_connection(lambda: Pipe(client), host, port)
+        await loop.sock_connect(upstream, (host, port))
     except OSError:
-        client.transport.close()
+        client.close()
+        upstream.close()
         return
-    client.peer = upstream
-    if client.closed:
-        upstream.transport.close()
-        return
-    for data in client.pending:
-        upstream.transport.write(data)
-    client.pending.clear()
-    client.transport.resume_reading()
+    Pair(loop, client, upstream)
+
+
+async def serve(loop, listener: socket.socket, host: str, port: int) -> None:
+    while True:
+        client, _ = await loop.sock_accept(listener)
+        client.setblocking(False)
+        loop.create_task(relay_one(loop, client, host, port))
 
 
 async def listening(host: str, port: int) -> bool:
@@ -122,9 +161,11 @@ async def main() -> int:
                       f"(the PORT and HOST it was given)", flush=True)  # fmt: skip
             await asyncio.sleep(POLL)
         if not exited.done():
-            await loop.create_unix_server(
-                lambda: Pipe(on_connect=lambda pipe: relay_one(pipe, connect_host, port)), UNIX, backlog=1024
-            )
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(UNIX)
+            listener.listen(1024)
+            listener.setblocking(False)
+            loop.create_task(serve(loop, listener, connect_host, port))
             served = True
     code = await exited
     code = code if code >= 0 else 128 - code
