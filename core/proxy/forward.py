@@ -119,10 +119,6 @@ class _UpstreamError(Exception):
     """The upstream closed or misbehaved; `reused` says the connection was pooled."""
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class _ClientGone(Exception):
     pass
 

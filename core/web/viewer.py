@@ -384,8 +384,3 @@ for it unless given <code>--allow-unpinned</code>.</p>
         scripts=("verify.js",),
         main_attrs=f' data-project="{e(name)}" data-bundle="/_api/verification/{e(name)}"',
     )
-
-
-def verification_response(daemon, name: str) -> Response:
-    """For the `/_api/verification/<n>` handler when the client asks for HTML."""
-    return html_response(verification_page(daemon, name))

@@ -309,18 +309,6 @@ def remove_project(c, did: str, project: str, keep_volume: bool) -> None:
                 vol.remove(force=True)
 
 
-def pruneimages(c, did: str, project: str, keep_versions: set[int]) -> None:
-    """Images of versions the project no longer keeps (and no container uses)."""
-    for img in images(c, filters(did, project)):
-        try:
-            version = int((img.get("Labels") or {}).get(LABEL_VERSION, ""))
-        except ValueError:
-            continue
-        if version not in keep_versions:
-            with contextlib.suppress(Exception):
-                c.images.remove(img["Id"])
-
-
 def sweep(projects_dir: Path) -> None:
     """Remove what this daemon left on the engine for projects that no longer exist."""
     try:
