@@ -26,6 +26,7 @@ BUILTIN_PLUGINS = (
     "tee_daemon_plugins.runtime_python",
     "tee_daemon_plugins.runtime_dockerfile",
     "tee_daemon_plugins.runtime_command",
+    "tee_daemon_plugins.runtime_image",
 )
 
 
