@@ -11,10 +11,13 @@ test-artifacts/.
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from browser import chromium
 from harness import REPO, TOKEN, make_tar
+from tee_daemon.trust import treehash
 
 ARTIFACTS = REPO / "test-artifacts"
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -183,12 +186,23 @@ def test_dashboard_operates_the_daemon(fresh_daemon, browser, tmp_path):
     (folder / "requirements.txt").write_text("")
     (folder / "sub").mkdir()
     (folder / "sub" / "data.txt").write_text("nested")
+    (folder / ".gitignore").write_text("secret.txt\nbuild/\n*.log\n!keep.log\n")
+    expected = tmp_path / "expected-tree"
+    shutil.copytree(folder, expected)
+    # Left out as `tee-daemon deploy` leaves them out: .git and what .gitignore says.
+    for rel, text in {"secret.txt": "private", "build/out.js": "generated", "debug.log": "noise",
+                      ".git/HEAD": "ref: refs/heads/main\n", "sub/keep.log": "kept"}.items():  # fmt: skip
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+    (expected / "sub" / "keep.log").write_text("kept")
     w.page.set_input_files("#deploy-folder", str(folder))
     w.page.fill("#deploy-name", "")
     w.page.click("#deploy-form button[type=submit]")
     wait_for_text(state, "Deployed folder-app v1", timeout=120_000)
     assert "folder app starting" in w.page.locator("#deploy-output").inner_text()
     assert d.get("/folder-app/").text == "from a folder"
+    deployed = d.get("/_api/projects/folder-app", admin=True).json()
+    assert deployed["tree_sha1"] == treehash.tree_ids(expected).sha1, "the folder was packed with what it should leave out"
     w.shot("admin-deployed")
 
     # A deploy that fails says why, with its hostile log line as text; nothing else changes.

@@ -376,14 +376,82 @@
     return NAME_RE.test(name) ? name : "";
   }
 
-  // A ustar archive of the chosen folder's files (paths relative to the folder).
+  // -- .gitignore, as `tee-daemon deploy` honours it (cli/client.py's _PatternIgnore) --
+
+  function globRegex(glob) {
+    let re = "";
+    for (let i = 0; i < glob.length; i++) {
+      const c = glob[i];
+      if (c === "*" && glob[i + 1] === "*" && glob[i + 2] === "/") {
+        re += "(?:.*/)?"; // "**/": any folders, or none
+        i += 2;
+      } else if (c === "*" && glob[i + 1] === "*") {
+        re += ".*";
+        i += 1;
+      } else if (c === "*") re += "[^/]*";
+      else if (c === "?") re += "[^/]";
+      else re += c.replace(/[\\^$.|+()[\]{}]/g, "\\$&");
+    }
+    return new RegExp("^" + re + "$");
+  }
+
+  function parseIgnore(text) {
+    const rules = [];
+    for (let line of text.split("\n")) {
+      line = line.replace(/\s+$/, "");
+      if (!line || line.startsWith("#")) continue;
+      const negate = line.startsWith("!");
+      if (negate) line = line.slice(1);
+      const dirOnly = line.endsWith("/");
+      line = line.replace(/\/+$/, "");
+      const anchored = line.includes("/");
+      rules.push({ negate, dirOnly, anchored, re: globRegex(line.replace(/^\//, "")) });
+    }
+    return rules;
+  }
+
+  // Whether `rel` (a path in the folder) is left out: .git, or what a .gitignore of its
+  // folder or a parent excludes (deeper files win, as in git).
+  function ignoredBy(rules, rel, isDir) {
+    const parts = rel.split("/");
+    if (parts.includes(".git")) return true;
+    let ignored = false;
+    for (let depth = 0; depth < parts.length; depth++) {
+      for (const rule of rules[parts.slice(0, depth).join("/")] || []) {
+        if (rule.dirOnly && !isDir) continue;
+        const target = rule.anchored ? parts.slice(depth).join("/") : parts[parts.length - 1];
+        if (rule.re.test(target)) ignored = !rule.negate;
+      }
+    }
+    return ignored;
+  }
+
+  async function deployable(files) {
+    const rules = {};
+    for (const file of files) {
+      const rel = file.webkitRelativePath.split("/").slice(1).join("/");
+      if (rel === ".gitignore" || rel.endsWith("/.gitignore")) {
+        rules[rel.slice(0, -".gitignore".length).replace(/\/$/, "")] = parseIgnore(await file.text());
+      }
+    }
+    const kept = [];
+    for (const file of files) {
+      const rel = file.webkitRelativePath.split("/").slice(1).join("/");
+      const parts = rel.split("/");
+      // A file under an ignored folder stays out, whatever its own rules say (as in git).
+      const dirs = parts.slice(0, -1).map((_, i) => parts.slice(0, i + 1).join("/"));
+      if (!rel || dirs.some((d) => ignoredBy(rules, d, true)) || ignoredBy(rules, rel, false)) continue;
+      kept.push([rel, file]);
+    }
+    return kept;
+  }
+
+  // A ustar archive of the chosen folder's deployable files (paths relative to it).
   async function tarFolder(files) {
     const enc = new TextEncoder();
     const parts = [];
     const octal = (n, width) => n.toString(8).padStart(width - 1, "0") + "\0";
-    for (const file of files) {
-      const rel = file.webkitRelativePath.split("/").slice(1).join("/");
-      if (!rel || /(^|\/)(\.git|node_modules)(\/|$)/.test(rel)) continue;
+    for (const [rel, file] of await deployable(files)) {
       let name = enc.encode(rel);
       let prefix = new Uint8Array(0);
       if (name.length > 100) { // ustar: the path split at a "/" into prefix (155) and name (100)
