@@ -13,7 +13,13 @@ Trusts nothing the daemon says without checking it against something else:
 - with --source, the tree hash recomputed from a folder or a git URL,
 - the event log: its IMR-3 digests replayed to the quote's RTMR3, each digest recomputed
   from its event, and the app-id / compose-hash / instance-id it records (compared with
-  what /_api/substrate publishes in tee_info).
+  what /_api/substrate publishes in tee_info),
+- the daemon's own app-compose (tee_info.app_compose) hashing to that compose-hash, and
+  with --compose FILE a file the auditor trusts hashing to it too,
+- what runs beyond the tree (SPEC 12): the toolchain, and `deps` failing for a project
+  whose dependencies are not pinned by a lockfile (unless --allow-unpinned); with --deps
+  the lockfile of the --source folder reinstalled in a scratch folder and its
+  deps_tree_sha256 compared.
 
 Each check prints one line, PASS or FAIL with the values that matter; exit 0 only when all
 pass. The functions below work on plain JSON so that tests can feed them doctored answers.
