@@ -189,6 +189,7 @@ def test_stop_during_a_cold_start_answers_503_and_leaves_no_process(tmp_path, mo
 
     from tee_daemon.run import process
     from tee_daemon.run.identity import Identity
+    from tee_daemon_plugins.runtime_python.venv import python_roots  # what a sandboxed python reads
 
     settings = process.ProcessSettings(idle_stop=0.2, wake_timeout=20.0)
     port = process.free_port()
@@ -205,7 +206,7 @@ def test_stop_during_a_cold_start_answers_503_and_leaves_no_process(tmp_path, mo
             identity=Identity(uid=299_002, gid=299_002), label="idle-test", argv=[sys.executable, "-c", SLOW_SERVER],
             env=process.base_env({}, data_dir=data, port=port), cwd=tmp_path,
             log_path=tmp_path / "logs" / "app.log", port=port,
-            read_only=process.python_roots(), read_write=[data], settings=settings,
+            read_only=python_roots(), read_write=[data], settings=settings,
         )  # fmt: skip
         await inst.ready(20)
         gate = process.forward_app(inst)

@@ -13,6 +13,7 @@ import pytest
 from tee_daemon.run import process, supervision
 from tee_daemon.kernel.errors import DeployFailed
 from tee_daemon.run.identity import Identity
+from tee_daemon_plugins.runtime_python.venv import python_roots  # what a sandboxed python reads
 
 SERVER = """
 import os, socket, sys, time, json
@@ -44,7 +45,7 @@ def make(tmp_path: Path, code: str = SERVER, settings: process.ProcessSettings |
         cwd=tmp_path,
         log_path=tmp_path / "logs" / "app.log",
         port=port,
-        read_only=process.python_roots(),
+        read_only=python_roots(),
         read_write=[data],
         settings=settings or process.ProcessSettings(),
     )

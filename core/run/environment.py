@@ -3,19 +3,11 @@ admin token and every ``TEE_DAEMON_*`` setting stay out)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from tee_daemon.run import sandbox
 
 MINIMAL_PATH = sandbox.MINIMAL_PATH
-
-
-def python_roots() -> list[Path]:
-    """What a sandboxed Python (this interpreter or a venv made from it) needs to read."""
-    roots = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()}
-    return sorted(roots)
-
 
 
 def base_env(ctx_env: dict[str, str], *, data_dir: Path, port: int, path_dirs: list[Path] = ()) -> dict[str, str]:  # type: ignore[assignment]

@@ -35,7 +35,7 @@ from typing import Any
 from tee_daemon.kernel.contract import Instance
 from tee_daemon.kernel.errors import DeployFailed
 from tee_daemon.run import sandbox
-from tee_daemon.run.environment import MINIMAL_PATH, base_env, python_roots
+from tee_daemon.run.environment import MINIMAL_PATH, base_env
 from tee_daemon.run.identity import Identity
 from tee_daemon.run.idle import IdleGate, forget_idle, forward_app, watch_idle
 from tee_daemon.run.isolation import bwrap_isolates_network, isolation_facts
@@ -56,7 +56,7 @@ from tee_daemon.run.supervision import Supervised, describe_exit, forget_health,
 __all__ = [
     "IdleGate", "MINIMAL_PATH", "ProcessInstance", "ProcessSettings", "SOCKET_NAME", "_socket_prefix",
     "base_env", "bwrap", "bwrap_isolates_network", "configure", "forward_app", "free_port",
-    "isolation_facts", "log_files", "log_line", "python_roots", "remove_stale_socket_dirs", "rotate",
+    "isolation_facts", "log_files", "log_line", "remove_stale_socket_dirs", "rotate",
     "socket_dir", "start_process", "tail",
 ]
 
