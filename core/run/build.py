@@ -16,8 +16,7 @@ from pathlib import Path
 from tee_daemon.kernel.contract import BuildContext, StartContext
 from tee_daemon.kernel.errors import DeployFailed
 from tee_daemon.run import sandbox
-from tee_daemon.run.logfiles import log_line
-from tee_daemon.run.process import tail
+from tee_daemon.run.logfiles import log_line, tail
 
 # Operator network settings a package install may need (proxies, extra CA bundles,
 # package indexes and mirrors). They go to build steps only, never to a project, and
