@@ -87,7 +87,7 @@ def test_promote_redeploy_rollback_delete_append_entries(daemon, name):
     assert set(last) == {
         "index", "time", "project", "action", "version", "source", "ref", "commit",
         "tree_sha1", "tree_sha256", "runtime", "manifest_sha256", "secret_names",
-        "toolchain", "lock_sha256", "deps_tree_sha256", "pinned",
+        "command", "image", "port", "toolchain", "lock_sha256", "deps_tree_sha256", "pinned",
     }  # fmt: skip
     check_audit(daemon.get(f"/_api/projects/{name}/audit").json())
 

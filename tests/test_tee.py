@@ -148,7 +148,7 @@ def test_end_to_end_binding(tmp_path: Path, no_agent: None) -> None:
         "project": "demo", "action": "promote", "version": 1, "source": "upload", "ref": None,
         "commit": None, "tree_sha1": "11" * 20, "tree_sha256": "22" * 32, "runtime": "static",
         "manifest_sha256": "33" * 32, "secret_names": [],
-        "toolchain": {}, "lock_sha256": None, "deps_tree_sha256": None, "pinned": True,
+        "command": None, "image": None, "port": None, "toolchain": {}, "lock_sha256": None, "deps_tree_sha256": None, "pinned": True,
     })
     t = tee_mod.connect_tee(tmp_path)
     try:

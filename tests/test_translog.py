@@ -27,6 +27,9 @@ def event(n: int, action: str = "deploy") -> dict:
         "runtime": "static",
         "manifest_sha256": f"{n:064x}",
         "secret_names": ["API_KEY"],
+        "command": None,
+        "image": None,
+        "port": None,
         "toolchain": {"tee-daemon": "0.1.0"},
         "lock_sha256": None,
         "deps_tree_sha256": None,
@@ -181,7 +184,8 @@ def test_concurrent_appends_are_serialized(tmp_path: Path) -> None:
 def test_a_log_of_an_earlier_release_still_opens_and_grows(tmp_path: Path) -> None:
     """Lines written before the SPEC 12 fields existed stay valid; new ones carry them."""
     path = tmp_path / "log.jsonl"
-    old = {k: v for k, v in event(0).items() if k not in ("toolchain", "lock_sha256", "deps_tree_sha256", "pinned")}
+    old = {k: v for k, v in event(0).items() if k not in ("command", "image", "port", "toolchain", "lock_sha256",
+                                                           "deps_tree_sha256", "pinned")}
     line = canonical_json({**old, "index": 0})
     path.write_bytes(line + b"\n")
     (tmp_path / "log.jsonl.roots").write_bytes(merkle.leaf_hash(line).hex().encode() + b"\n")

@@ -31,13 +31,15 @@ from tee_daemon.trust.merkle import MerkleTree, leaf_hash
 LEAF_FIELDS = (
     "index", "time", "project", "action", "version", "source", "ref", "commit",
     "tree_sha1", "tree_sha256", "runtime", "manifest_sha256", "secret_names",
-    # What runs beyond the tree (SPEC 12): toolchain versions, lockfile, installed tree.
-    "toolchain", "lock_sha256", "deps_tree_sha256", "pinned",
+    # What runs beyond the tree (SPEC 11, 12): the command or image and its port, the
+    # toolchain versions, the lockfile, the installed tree.
+    "command", "image", "port", "toolchain", "lock_sha256", "deps_tree_sha256", "pinned",
 )
 # The leaf fields of earlier releases: lines they wrote stay valid (a log is never
 # rewritten), new lines always carry every field of LEAF_FIELDS.
 EARLIER_LEAF_FIELDS = (
     frozenset(LEAF_FIELDS[:13]),
+    frozenset(LEAF_FIELDS[:13] + ("toolchain", "lock_sha256", "deps_tree_sha256", "pinned")),
 )
 ACTIONS = frozenset({"promote", "deploy", "rollback", "delete"})
 _ROOT_LINE = 65  # 64 hex characters + "\n"
