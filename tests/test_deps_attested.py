@@ -281,3 +281,30 @@ def test_compose_file_checked_against_the_event_log(daemon, tmp_path) -> None:
     bad.write_text(app_compose.replace("tee-daemon:simulated", "tee-daemon:evil"))
     got, out = verify_cli(daemon, name, tmp_path, "--compose", str(bad))
     assert got.get("compose file") == "FAIL" and got.get("app_compose") == "PASS", out
+
+
+# -- deno and bun -------------------------------------------------------------------------
+
+
+def test_deno_without_imports_installs_nothing_and_bun_installs_with_npm(daemon, tmp_path) -> None:
+    deno = deploy_and_promote(daemon, "deps-deno", {"server.ts": "export default () => new Response('d');\n"})
+    assert daemon.get("/deps-deno/").text == "d"
+    assert deno["runtime"] == "deno" and deno["toolchain"]["deno"]
+    assert deno["pinned"] is True and deno["lock_sha256"] is None and deno["deps_tree_sha256"] is None
+    assert deno["manifest_sha256"] == manifest_sha256(deno)
+
+    name = "deps-bun"
+    files = {
+        "index.ts": "import ms from 'ms';\nexport default () => new Response(ms(2000));\n",
+        "package.json": package_json(),
+        "package-lock.json": package_lock("2.1.3"),
+    }
+    bun = deploy_and_promote(daemon, name, files)
+    assert daemon.get(f"/{name}/").text == "2s"
+    node, npm = node_toolchain()
+    assert bun["toolchain"]["bun"] and bun["toolchain"]["npm"] == npm and bun["toolchain"]["node"] == node
+    assert bun["pinned"] is True
+    assert bun["lock_sha256"] == hashlib.sha256(files["package-lock.json"].encode()).hexdigest()
+    modules = (daemon.data_dir / "projects" / name / "cache" / "bun" / "deps").glob("*/node_modules")
+    assert bun["deps_tree_sha256"] == git_tree_sha256(next(modules), tmp_path, npm_drop)
+    assert bun["manifest_sha256"] == manifest_sha256(bun)
