@@ -36,7 +36,7 @@ from tee_daemon.web.ingress import Route
 from tee_daemon.kernel.contract import BuildContext, Folders, StartContext
 from tee_daemon.settings import Settings
 from tee_daemon.state.store import Store
-from tee_daemon.run.tenancy import Tenancy
+from tee_daemon.run.tenancy import Tenancy, Tenant
 
 log = logging.getLogger("tee_daemon.state.deploy")
 
@@ -398,10 +398,9 @@ class Deployer:
         kept.sort(key=lambda v: v.version)
         return _keep_last(kept, version.version, self.settings.versions_kept)
 
-    def _plugin_facts(self, name: str, version: Version) -> dict:
+    def _plugin_facts(self, name: str, version: Version, tenant: Tenant) -> dict:
         """The context fields both kinds share: what a plugin would otherwise work out
         from core's disk layout or the daemon's environment."""
-        tenant = self.tenancy.tenant(name)
         # While a deploy builds and starts, self.projects still holds the previous record.
         kept = self._kept_after(self.projects.get(name), version)
         return dict(
@@ -435,7 +434,7 @@ class Deployer:
             command=version.command,
             image=version.image,
             port=version.port,
-            **self._plugin_facts(name, version),
+            **self._plugin_facts(name, version, tenant),
         )
 
     def _start_context(self, name: str, version: Version) -> StartContext:
@@ -459,7 +458,7 @@ class Deployer:
             command=version.command,
             image=version.image,
             port=version.port,
-            **self._plugin_facts(name, version),
+            **self._plugin_facts(name, version, tenant),
         )
 
 
