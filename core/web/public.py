@@ -33,10 +33,11 @@ def attested_project(daemon: Daemon, name: str) -> Project:
     return project
 
 
-def _int_param(request: Request, key: str, default: int | None) -> int | None:
+def _int_param(request: Request, key: str) -> int | None:
+    """A non-negative integer query parameter; None when absent or empty."""
     raw = request.query_params.get(key)
     if raw is None or raw == "":
-        return default
+        return None
     try:
         value = int(raw, 10)
     except ValueError:
@@ -127,11 +128,11 @@ class AttestationAPI(Controller):
     def log_consistency(self, daemon: Daemon, request: Request) -> dict[str, Any]:
         """An RFC 6962 consistency proof between log sizes `from` and `to` (default: now)."""
         journal = daemon.journal
-        m = _int_param(request, "from", None)
+        m = _int_param(request, "from")
         if m is None:
             raise UserError("query parameter 'from' is required")
-        n = _int_param(request, "to", journal.snapshot_size())
-        return journal.consistency(m, n)  # type: ignore[arg-type]
+        n = _int_param(request, "to")
+        return journal.consistency(m, journal.snapshot_size() if n is None else n)
 
     @get(
         "/log/entries",
@@ -140,5 +141,4 @@ class AttestationAPI(Controller):
     )
     def log_entries(self, daemon: Daemon, request: Request) -> dict[str, Any]:
         """The log's leaves in index order, `start` (default 0) to `end` (exclusive), ≤ 1000."""
-        start = _int_param(request, "start", 0)
-        return daemon.journal.entries(start, _int_param(request, "end", None))  # type: ignore[arg-type]
+        return daemon.journal.entries(_int_param(request, "start") or 0, _int_param(request, "end"))
