@@ -197,3 +197,12 @@ def test_shared_network_command_listens_on_the_daemon_chosen_port(fresh_daemon, 
     deploy_ok(d, name, app_files("procfile-hello"))
     body = get_until(d, f"/{name}/").json()
     assert body["port"] != "8080" and int(body["port"]) > 1024
+
+
+def test_deno_command_with_deno_json_imports_from_npm(daemon, name):
+    """deno.json's imports are cached at build into the project's own Deno cache; the
+    command runs from it."""
+    project = deploy_ok(daemon, name, app_files("deno-command"), command="deno run --allow-net --allow-env main.ts")
+    assert project["runtime"] == "command"
+    r = daemon.get(f"/{name}/")
+    assert r.status_code == 200 and r.text == "Hello Hono on Deno!"

@@ -117,22 +117,34 @@ def _write_launchers(bin_dir: Path, venv: Path | None) -> None:
 
 
 def _deno_cache(ctx: BuildContext) -> Path | None:
-    """deno.json's imports cached into the project's own DENO_DIR (read-only at run time)."""
-    config = next((ctx.tree / n for n in ("deno.json", "deno.jsonc") if (ctx.tree / n).is_file()), None)
+    """deno.json's imports cached into the project's own DENO_DIR (read-only at run time).
+
+    Deno writes a deno.lock beside deno.json when there is none, and the deployed tree is
+    immutable (its hash is published): the command then runs from a hard-linked copy of
+    the tree in the build folder where this install wrote the lockfile, so `deno run`
+    finds every import locked and cached and has nothing to write."""
+    config_name = next((n for n in ("deno.json", "deno.jsonc") if (ctx.tree / n).is_file()), None)
     deno = toolchain.find("deno")
-    if config is None or deno is None:
+    if config_name is None or deno is None:
         return None
     deno_dir = plugin.own_folder(ctx.cache_dir / "deno-dir", ctx)
-    lock = ["--frozen"] if (ctx.tree / "deno.lock").is_file() else ["--no-lock"]
+    root, read_write = ctx.tree, [deno_dir]
+    if not (ctx.tree / "deno.lock").is_file():
+        root = ctx.build_dir / "app"
+        if not root.is_dir():  # npm may have made it already (package.json and deno.json)
+            shutil.copytree(ctx.tree, root, symlinks=True, copy_function=os.link)
+        plugin.own_folder(root, ctx)  # The install writes deno.lock there.
+        read_write.append(root)
     plugin.run_build_step(
         ctx,
         "deno install (caching deno.json's imports)",
-        [str(deno), "install", "--quiet", "--node-modules-dir=none", "--config", str(config), *lock],
-        cwd=ctx.tree,
+        [str(deno), "install", "--quiet", "--node-modules-dir=none", "--config", str(root / config_name),
+         *(["--frozen"] if root == ctx.tree else [])],
+        cwd=root,
         env={"PATH": BUILD_PATH, "HOME": str(deno_dir), "DENO_DIR": str(deno_dir), "NO_COLOR": "1",
              "DENO_NO_UPDATE_CHECK": "1"},
         read_only=[ctx.tree, ctx.build_dir, deno.parent],
-        read_write=[deno_dir],
+        read_write=read_write,
     )  # fmt: skip
     return deno_dir
 
