@@ -138,6 +138,7 @@ def _layout(
     <a href="/_api/log/checkpoint">Log checkpoint</a>
     <a href="/_api/substrate">Substrate</a>
     <a href="/_api/schema">API</a>
+    <a href="/_admin/">Admin</a>
   </nav>
 </div></header>
 <main id="main" class="wrap"{main_attrs}>
