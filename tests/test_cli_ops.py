@@ -123,7 +123,7 @@ def test_deploy_shows_build_and_start_output_as_it_happens(daemon, name, tmp_pat
             "app.py": (
                 "import sys, time\n"
                 f"print('{marker}', flush=True)\n"
-                "time.sleep(4)\n"
+                "time.sleep(5)\n"
                 "async def handle(method, path, headers, body, env):\n"
                 "    return 200, {}, b'ready'\n"
             ),
@@ -156,7 +156,7 @@ def test_deploy_shows_build_and_start_output_as_it_happens(daemon, name, tmp_pat
     reader.join(10)
     assert proc.returncode == 0, "".join(lines)
     assert "marker" in seen, f"the start output never showed: {''.join(lines)}"
-    # Printed while the deploy was still waiting for the app (it sleeps 4 s).
+    # Printed while the deploy was still waiting for the app (it sleeps 5 s).
     assert ended - seen["marker"] > 2.0, ended - seen["marker"]
     assert stdout.strip().splitlines()[-1].strip().endswith(f"{daemon.url}/{name}/"), stdout
     assert daemon.get(f"/{name}/").text == "ready"
