@@ -493,10 +493,11 @@
       el("div", {},
         el("h2", {}, failed.length
           ? `${failed.length} check${failed.length > 1 ? "s" : ""} failed`
-          : `All ${passed.length} browser checks passed` + (warned.length ? ", on a simulated TEE" : "")),
+          : `All ${passed.length} browser checks passed` + (warned.length ? `, with ${warned.length} warning${warned.length > 1 ? "s" : ""}` : "")),
         el("p", {}, failed.length
           ? "Do not rely on this project's attestation: the failing checks are marked below."
-          : (warned.length ? "But the TEE is not real hardware (see the warning). " : "") +
+          : (warned.some((r) => r.id === "tee") ? "But the TEE is not real hardware (see the warning). " : "") +
+            (warned.some((r) => r.id === "deps") ? "Its dependencies are not pinned: the source alone does not decide what runs (see below). " : "") +
             "The quote's own signature still needs tee-daemon verify.")));
 
     const cmd = `tee-daemon verify ${location.origin} ${project}` + (data && data.tee !== "tdx" ? " --allow-simulated" : "");
