@@ -38,6 +38,10 @@ class LaunchPlan(msgspec.Struct, frozen=True, kw_only=True):
     extra_env: dict[str, str] = {}
     path_dirs: list[Path] = []
     facts: dict[str, Any] = {}
+    # With ``--backend docker``: the image the program runs on (it provides only the
+    # shared libraries; the program and its folders are bound in). The operator's
+    # TEE_DAEMON_DOCKER_IMAGE_<RUNTIME> wins; neither set: the deploy is refused.
+    image: str | None = None
 
 
 def start(ctx: StartContext, plan: LaunchPlan) -> Instance:
@@ -51,7 +55,7 @@ def start(ctx: StartContext, plan: LaunchPlan) -> Instance:
         facts=dict(plan.facts) or None,
     )
     if ctx.backend == "docker":
-        return containers.start_process(ctx, **kwargs)
+        return containers.start_process(ctx, image=plan.image, **kwargs)
     return process.start_process(ctx, **kwargs)
 
 

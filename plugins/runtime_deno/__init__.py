@@ -22,6 +22,7 @@ from tee_daemon import plugin
 from tee_daemon.plugin import BuildContext, DeployFailed, Detection, Instance, LaunchPlan, RuntimeInfo, StartContext, hookimpl
 
 from tee_daemon_plugins import toolchain
+from tee_daemon_plugins.base_image import BASE_IMAGE
 from tee_daemon_plugins.runtime_node import npm
 
 HERE = Path(__file__).resolve().parent
@@ -176,6 +177,7 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
                 read_only=[deno.parent, deno_dir],
                 extra_env={"DENO_DIR": str(deno_dir), "NO_COLOR": "1", "DENO_NO_UPDATE_CHECK": "1"},
                 facts={"permissions": "net, env, read own folders, write data dir"},
+                image=BASE_IMAGE,
             ),
         )
     bun = _binary(BUN)
@@ -189,6 +191,7 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
             cwd=cwd,
             read_only=read_only,
             extra_env={"BUN_RUNTIME_TRANSPILER_CACHE_PATH": "0", "DO_NOT_TRACK": "1", "NO_COLOR": "1"},
+            image=BASE_IMAGE,
         ),
     )
 

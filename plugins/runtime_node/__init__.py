@@ -16,6 +16,7 @@ from tee_daemon import plugin
 from tee_daemon.plugin import BuildContext, BuildReport, DeployFailed, Detection, Instance, LaunchPlan, RuntimeInfo, StartContext, hookimpl
 
 from tee_daemon_plugins import toolchain
+from tee_daemon_plugins.base_image import BASE_IMAGE
 
 from . import npm
 
@@ -77,6 +78,7 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
             cwd=root,
             read_only=read_only,
             extra_env={"TEE_ENTRY": str(root / (ctx.entry or "index.js"))},
+            image=BASE_IMAGE,
         ),
     )
 

@@ -20,6 +20,7 @@ from tee_daemon import plugin
 from tee_daemon.plugin import BuildContext, BuildReport, DeployFailed, Detection, Instance, LaunchPlan, RuntimeInfo, StartContext, hookimpl
 
 from tee_daemon_plugins import toolchain
+from tee_daemon_plugins.base_image import BASE_IMAGE
 
 from .venv import python_roots, python_venv, venv_report
 
@@ -81,6 +82,7 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
                 "PYTHONDONTWRITEBYTECODE": "1",
                 "PYTHONUNBUFFERED": "1",
             },
+            image=BASE_IMAGE,
         ),
     )
 

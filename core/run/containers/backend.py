@@ -26,33 +26,22 @@ from tee_daemon.run.containers.instance import ContainerInstance, ContainerSpec,
 from tee_daemon.run.containers.mounts import binds, container_identity, passages
 from tee_daemon.run.environment import base_env
 
-# The base image per process runtime. The host's runtime binary (and, for python, the
-# daemon's interpreter and venvs) is bound in read-only at its own path, so the image only
-# has to provide glibc and the shared libraries those binaries link (libstdc++, libgcc;
-# for python also libssl3, libffi8, libsqlite3, zlib...). The defaults are pinned by digest;
-# nothing here ever pulls: the operator pulls (or imports) the image into the engine, or
-# sets TEE_DAEMON_DOCKER_IMAGE_<RUNTIME> to an image the engine already has.
-DEFAULT_BASE = (
-    "debian:bookworm-slim@sha256:3783cc01769c7b2b1b83a5c5ad96c815348e28ed7da68e2e3687004faa906251"
-)
-DEFAULT_IMAGES = {"deno": DEFAULT_BASE, "bun": DEFAULT_BASE, "node": DEFAULT_BASE, "python": DEFAULT_BASE}
-
-
-def runtime_image(runtime: str) -> str:
-    """The base image for `runtime` under --backend docker (TEE_DAEMON_DOCKER_IMAGE_<RUNTIME>)."""
-    override = config().images.get(runtime, "").strip()
-    if override:
-        return override
-    if runtime not in DEFAULT_IMAGES:
+def runtime_image(runtime: str, default: str | None = None) -> str:
+    """The base image a process runtime's plan runs on: the operator's
+    TEE_DAEMON_DOCKER_IMAGE_<RUNTIME>, else the one the runtime's plan names."""
+    image = config().images.get(runtime, "").strip() or (default or "").strip()
+    if not image:
         raise UserError(f"no base image for runtime {runtime!r}: set TEE_DAEMON_DOCKER_IMAGE_{runtime.upper()}")
-    return DEFAULT_IMAGES[runtime]
+    return image
 
 
 def backend_facts() -> dict[str, Any]:
     """/_api/substrate's isolation facts for deno, bun, node and python under --backend docker."""
     facts = {
         "kind": "container",
-        "images": {rt: runtime_image(rt) for rt in DEFAULT_IMAGES},
+        # Each runtime's plan names its own base image (pinned in its plugin); these are
+        # the operator's choices over them.
+        "images": dict(config().images),
         "filesystem": "the image's root read-only (tmpfs /tmp); own tree, build folder and runtime "
         "binary bound read-only; own data dir bound read-write",
         **substrate(),
@@ -80,6 +69,7 @@ def process_spec(
     extra_env: dict[str, str] | None = None,
     path_dirs=(),
     facts: dict[str, Any] | None = None,
+    image: str | None = None,
 ) -> ContainerSpec:
     """A process runtime's plan (what it would hand `process.start_process`) as a container:
     the same argv, environment and working directory; the version's tree and build folder
@@ -111,7 +101,7 @@ def process_spec(
         project=ctx.project,
         version=ctx.version,
         runtime=ctx.runtime,
-        image=runtime_image(ctx.runtime),
+        image=runtime_image(ctx.runtime, image),
         projects_dir=projects_dir,
         log_path=ctx.log_path,
         env=env,

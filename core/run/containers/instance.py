@@ -351,6 +351,7 @@ class ContainerInstance(ContainerWatch, Instance):
         host, port = self.address or ("127.0.0.1", self.host_port)
         return {
             "container": self.container_name,
+            "image": self.spec.image,
             "container_id": (self.container_id or "")[:12],
             "address": f"{host}:{port}",
             "state": self.state,
