@@ -181,6 +181,8 @@ class Facts:
 
     @hookspecs.hookimpl
     def runtime_substrate(self):
+        if isinstance(self.answer, Exception):
+            raise self.answer
         return self.answer
 
 
@@ -189,6 +191,7 @@ def test_substrate_facts_are_nested_under_each_runtime_of_their_plugin():
         Facts("pair", ("alpha", "beta"), {"tee": "forged", "engine": "pair 2"}),
         Facts("quiet", ("gamma",), None),
         Facts("ownerless", (), {"tee": "forged too"}),
+        Facts("broken", ("delta",), RuntimeError("secret-ish detail")),
     ))  # fmt: skip
     runtimes = registry.runtime_facts()
     # One plugin's answer under each runtime it declared, beside what it described.
@@ -198,6 +201,9 @@ def test_substrate_facts_are_nested_under_each_runtime_of_their_plugin():
     assert runtimes["gamma"] == {"version": "9.9", "description": ""}  # nothing to show
     # A plugin that declares no runtime has nowhere to put facts: they are not shown.
     assert "forged too" not in json.dumps(runtimes)
+    # A plugin whose hook raises: the others still answer, and its error says where to look.
+    assert "daemon's log" in runtimes["delta"]["facts"]["error"]
+    assert "secret-ish" not in json.dumps(runtimes)
     assert {"alpha", "beta", "gamma", "static", "python"} <= set(runtimes)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from tee_daemon.kernel.errors import DeployFailed, UserError
 from tee_daemon.kernel.contract import (
     ASGIApp, BuildContext, BuildReport, Detection, Instance, RuntimeInfo, StartContext,
 )  # fmt: skip
+
+log = logging.getLogger(__name__)
 
 BUILTIN_PLUGINS = (
     "tee_daemon_plugins.runtime_static",
@@ -132,7 +135,11 @@ class Registry:
         answers: dict[object, dict] = {}
         for plugin in set(self._owner.values()):
             others = [p for p in self.pm.get_plugins() if p is not plugin]
-            answer = next((a for a in self.pm.subset_hook_caller("runtime_substrate", others)() if a), None)
+            try:
+                answer = next((a for a in self.pm.subset_hook_caller("runtime_substrate", others)() if a), None)
+            except Exception:  # One plugin's bug must not take the substrate page down.
+                log.exception("runtime_substrate of plugin %s failed", self.pm.get_name(plugin))
+                answer = {"error": "this runtime's plugin could not report its facts (see the daemon's log)"}
             if isinstance(answer, dict):
                 answers[plugin] = answer
         runtimes = {}
