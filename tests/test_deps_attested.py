@@ -250,6 +250,13 @@ def test_python_with_hash_pinned_requirements_is_pinned_and_reinstallable(daemon
     src = write_source(tmp_path / "src", files)
     got, out = verify_cli(daemon, name, tmp_path, "--source", str(src), "--deps")
     assert got.get("deps reinstall") == "PASS" and all(v == "PASS" for v in got.values()), out
+    # The same from a git repository of that source (the verifier checks it out itself).
+    env = {**GIT_ENV, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "src"]):
+        subprocess.run(["git", *args], cwd=src, env=env, check=True, capture_output=True)
+    got, out = verify_cli(daemon, name, tmp_path, "--source", src.as_uri(), "--deps")
+    assert got.get("source") == "PASS" and got.get("deps reinstall") == "PASS", out
 
 
 def test_python_with_loose_requirements_is_not_pinned(daemon, tmp_path) -> None:

@@ -622,12 +622,20 @@ def verify(
     if source is not None:
         checks.append(check_source(source, manifest))
     if deps:  # the lockfile comes from the source, once its tree hash is checked
-        if source is None or not Path(source).is_dir():
-            checks.append(Check("deps reinstall", False, "--deps needs --source FOLDER (clone a git source first)"))
+        if source is None:
+            checks.append(Check("deps reinstall", False, "--deps needs --source (a folder or git URL)"))
         elif not checks[-1].ok:
-            checks.append(Check("deps reinstall", False, "not run: the source folder is not the attested tree"))
-        else:
+            checks.append(Check("deps reinstall", False, "not run: the source is not the attested tree"))
+        elif Path(source).is_dir():
             checks.append(check_deps_reinstall(Path(source), manifest))
+        else:  # the commit whose tree the source check just matched
+            with tempfile.TemporaryDirectory(prefix="tee-verify-src-") as tmp:
+                try:
+                    checkout_git(source, manifest.get("commit") or manifest.get("ref"), Path(tmp) / "tree")
+                except RuntimeError as exc:
+                    checks.append(Check("deps reinstall", False, f"could not check out the source: {exc}"))
+                else:
+                    checks.append(check_deps_reinstall(Path(tmp) / "tree", manifest))
     # Remember a checkpoint that is signed and consistent, whatever else failed: it is
     # what the next run proves append-only growth against.
     if storable and any(c.name == "checkpoint signature" and c.ok for c in checks):
@@ -675,7 +683,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-unpinned", action="store_true",
                    help="accept a project whose dependencies are not fixed by a lockfile with hashes")
     p.add_argument("--deps", action="store_true",
-                   help="reinstall the lockfile of --source FOLDER with the same toolchain and compare deps_tree_sha256")
+                   help="reinstall the lockfile of --source with the same toolchain and compare deps_tree_sha256")
     p.add_argument("--compose", metavar="FILE",
                    help="an app-compose file you trust: its SHA-256 must be the event log's compose-hash")
     p.set_defaults(func=run)
