@@ -284,7 +284,8 @@ def runtime_substrate() -> dict | None:
     Returns: a small JSON-able dict of public facts, or None. It is shown to anyone:
     never project names, paths of other projects, tokens or secrets. Core shows it as
     ``runtimes.<name>.facts`` for each of the plugin's runtimes, so a plugin can never
-    overwrite a field core sets (``tee``, ``isolation``...) nor another plugin's.
+    overwrite a field core sets (``tee``, ``isolation``...) nor another plugin's. If
+    the hook raises, core logs it and shows ``{"error": ...}`` there instead.
 
     Example::
 
