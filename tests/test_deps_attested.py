@@ -315,3 +315,34 @@ def test_deno_without_imports_installs_nothing_and_bun_installs_with_npm(daemon,
     modules = (daemon.data_dir / "projects" / name / "cache" / "bun" / "deps").glob("*/node_modules")
     assert bun["deps_tree_sha256"] == git_tree_sha256(next(modules), tmp_path, npm_drop)
     assert bun["manifest_sha256"] == manifest_sha256(bun)
+
+
+DENO_LOCK = json.dumps({
+    "version": "5",
+    "specifiers": {"npm:ms@2.1.3": "2.1.3"},
+    "npm": {"ms@2.1.3": {"integrity": MS_INTEGRITY["2.1.3"]}},
+}, indent=2) + "\n"  # fmt: skip
+DENO_SERVER = 'import ms from "npm:ms@2.1.3";\nexport default () => new Response(ms(3000));\n'
+
+
+def deno_drop(rel: str) -> bool:
+    parts = rel.split(os.sep)
+    return parts[0] not in ("remote", "npm") or (parts[0] == "npm" and parts[-1] == "registry.json")
+
+
+def test_deno_with_a_lockfile_installs_frozen_and_is_pinned(daemon, tmp_path) -> None:
+    name = "deps-deno-locked"
+    files = {"server.ts": DENO_SERVER, "deno.json": "{}\n", "deno.lock": DENO_LOCK}
+    manifest = deploy_and_promote(daemon, name, files)
+    assert daemon.get(f"/{name}/").text == "3s"
+    assert manifest["pinned"] is True
+    assert manifest["lock_sha256"] == hashlib.sha256(DENO_LOCK.encode()).hexdigest()
+    deno_dir = daemon.data_dir / "projects" / name / "cache" / "deno" / "deno-dir"
+    assert any(deno_dir.glob("npm/*/ms/2.1.3/package.json"))
+    assert manifest["deps_tree_sha256"] == git_tree_sha256(deno_dir, tmp_path, deno_drop)
+    assert manifest["manifest_sha256"] == manifest_sha256(manifest)
+    # Frozen: a lockfile whose hash does not match what the registry serves is refused.
+    forged = DENO_LOCK.replace(MS_INTEGRITY["2.1.3"], MS_INTEGRITY["2.1.2"])
+    r = daemon.deploy_files("deps-deno-forged", {**files, "deno.lock": forged})
+    assert 400 <= r.status_code < 500, r.text
+    assert "integrity" in r.text.lower() or "checksum" in r.text.lower(), r.text
