@@ -162,6 +162,9 @@ def test_crashed_container_is_restarted(ddaemon: DaemonProcess, engine, name: st
         what="the crash in the project's log",
     )
     assert "the engine restart" in text
+    # The engine's restart is counted with the daemon's others (the admin metrics).
+    line = f'tee_daemon_restarts_total{{project="{name}"}} 1'
+    wait_for(lambda: line in ddaemon.get("/_api/metrics", admin=True).text.splitlines(), what="the restart counted")
 
 
 def test_failed_build_is_a_clear_4xx_and_the_old_version_serves(ddaemon: DaemonProcess, engine, name: str) -> None:

@@ -8,7 +8,7 @@ projects folder, or TEE_DAEMON_DOCKER_ID), ``tee-daemon.project`` and, for image
 containers, ``tee-daemon.version``; see the package docstring for what each object is.
 
 The settings come from the daemon's one `Settings` (`configure`, called where the daemon
-is assembled); nothing here reads the daemon's environment.
+is assembled); nothing here reads the daemon's environment but DOCKER_HOST (docker-py's).
 """
 
 from __future__ import annotations
