@@ -29,6 +29,7 @@ from tee_daemon import plugin
 from tee_daemon.plugin import BuildContext, DeployFailed, Detection, Instance, LaunchPlan, RuntimeInfo, StartContext, hookimpl
 
 from tee_daemon_plugins import toolchain
+from tee_daemon_plugins.base_image import BASE_IMAGE
 from tee_daemon_plugins.depcache import BUILD_PATH
 from tee_daemon_plugins.runtime_node import npm
 from tee_daemon_plugins.runtime_deno import deno_report
@@ -232,7 +233,7 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
     return plugin.start(
         ctx,
         LaunchPlan(argv=argv, cwd=cwd, read_only=read_only, extra_env=env, path_dirs=path_dirs,
-                   facts={"command": command}),
+                   facts={"command": command}, image=BASE_IMAGE),
     )  # fmt: skip
 
 
