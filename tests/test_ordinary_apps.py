@@ -206,3 +206,57 @@ def test_deno_command_with_deno_json_imports_from_npm(daemon, name):
     assert project["runtime"] == "command"
     r = daemon.get(f"/{name}/")
     assert r.status_code == 200 and r.text == "Hello Hono on Deno!"
+
+
+WSGI_APP = '''
+import time
+
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/boom":
+        raise RuntimeError("boom in the WSGI app")
+    if path.startswith("/stream"):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Kind", "stream")])
+
+        def chunks():
+            for i in range(3):
+                yield f"chunk {i} at {time.monotonic():.3f}\\n".encode()
+                time.sleep(0.3)
+        return chunks()
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    seen = {
+        "method": environ["REQUEST_METHOD"],
+        "path": path.encode("latin-1").decode("utf-8"),
+        "query": environ["QUERY_STRING"],
+        "script_name": environ["SCRIPT_NAME"],
+        "content_type": environ.get("CONTENT_TYPE"),
+        "x_multi": environ.get("HTTP_X_MULTI"),
+        "body": body.decode(),
+    }
+    import json
+    start_response("201 Created", [("Content-Type", "application/json"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
+    return [json.dumps(seen).encode()]
+'''
+
+
+def test_a_plain_wsgi_app_streams_and_sees_its_environ(daemon, name):
+    deploy_ok(daemon, name, {"app.py": WSGI_APP})
+    with daemon.client(admin=False) as c:
+        r = c.post(f"/{name}/caf%C3%A9?x=1&y=2", content=b"hello", headers={"content-type": "text/plain", "x-multi": "v1"})
+        assert r.status_code == 201, r.text
+        assert r.json() == {"method": "POST", "path": "/café", "query": "x=1&y=2", "script_name": "",
+                            "content_type": "text/plain", "x_multi": "v1", "body": "hello"}  # fmt: skip
+        assert r.headers.get_list("set-cookie") == ["a=1", "b=2"]
+        # Chunks arrive as the app yields them, not all at the end.
+        arrivals = []
+        with c.stream("GET", f"/{name}/stream") as s:
+            assert s.headers["x-kind"] == "stream"
+            for line in s.iter_lines():
+                if line:
+                    arrivals.append(time.monotonic())
+        assert len(arrivals) == 3 and arrivals[-1] - arrivals[0] > 0.4
+        r = c.get(f"/{name}/boom")
+        assert r.status_code == 500 and "boom" not in r.text  # The traceback goes to the log only.
+    log = daemon.get(f"/_api/projects/{name}/logs", admin=True).text
+    assert "boom in the WSGI app" in log
