@@ -260,3 +260,41 @@ def test_a_plain_wsgi_app_streams_and_sees_its_environ(daemon, name):
         assert r.status_code == 500 and "boom" not in r.text  # The traceback goes to the log only.
     log = daemon.get(f"/_api/projects/{name}/logs", admin=True).text
     assert "boom in the WSGI app" in log
+
+
+CRASHER = '''
+import http.server, os, threading
+
+# How many times the command started, kept in the data dir (pids repeat in a new namespace).
+counter = os.path.join(os.environ["DATA_DIR"], "starts")
+starts = int(open(counter).read()) + 1 if os.path.exists(counter) else 1
+open(counter, "w").write(str(starts))
+
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = str(starts).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        if self.path == "/exit":
+            threading.Timer(0.05, os._exit, (3,)).start()
+
+http.server.HTTPServer((os.environ["HOST"], int(os.environ["PORT"])), H).serve_forever()
+'''
+
+
+def test_a_command_that_crashes_after_serving_is_restarted(daemon, name):
+    deploy_ok(daemon, name, {"server.py": CRASHER, "Procfile": "web: python3 server.py\n"})
+    first = daemon.get(f"/{name}/").text
+    assert first == "1"
+    assert daemon.get(f"/{name}/exit").status_code == 200
+    deadline = time.monotonic() + 20
+    while True:  # The relay exits with the command's status; the daemon starts both again.
+        r = daemon.get(f"/{name}/")
+        if r.status_code == 200 and r.text == "2":
+            break
+        assert time.monotonic() < deadline, (r.status_code, r.text[:200])
+        time.sleep(0.2)
+    log = daemon.get(f"/_api/projects/{name}/logs", admin=True).text
+    assert "exit code 3" in log or "status 3" in log, log[-2000:]
