@@ -62,13 +62,15 @@ def documented(
     body_required: bool = True,
     text: str | None = None,
     refusals: dict[int, str] | None = None,
+    query: dict[str, tuple[str, str]] | None = None,
 ) -> type[Operation]:
     """An Operation class (Litestar's `operation_class=`) for one handler.
 
     `answer`: the struct of a successful answer (`text`: a media type of a plain-text
     answer instead); `body`: the struct of the JSON request body (`multipart`: also as
     a `manifest` part beside a `files` tarball; `body_required=False`: may be empty);
-    `refusals`: status → when it is given.
+    `refusals`: status → when it is given; `query`: parameters the handler reads from
+    the query string itself, name → (JSON type, what it means).
     """
 
     class Documented(Operation):
@@ -80,6 +82,12 @@ def documented(
             for code, when in sorted((refusals or {}).items()):
                 responses[str(code)] = OpenAPIResponse(description=when, content=_json(shapes.ErrorBody))
             self.responses = responses  # type: ignore[assignment]
+            if query:
+                extra = [
+                    {"name": key, "in": "query", "required": False, "description": what, "schema": {"type": kind}}
+                    for key, (kind, what) in query.items()
+                ]
+                self.parameters = [*(self.parameters or []), *extra]  # type: ignore[list-item]
             if body is not None:
                 content = _json(body, body_examples)
                 if multipart:

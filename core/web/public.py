@@ -21,6 +21,7 @@ from tee_daemon.web import shapes
 from tee_daemon.web.api import describe
 from tee_daemon.web.openapi import documented
 
+NONCE = {"nonce": ("string", "hex, up to 64 bytes: a fresh quote binding it (else a cached one)")}
 NAMED = {404: "no attested project of that name", 503: "the log is damaged or the TEE unavailable"}
 LOG = {503: "the log is damaged or the TEE unavailable"}
 
@@ -87,7 +88,7 @@ class AttestationAPI(Controller):
 
     @get(
         "/attest/{name:str}",
-        operation_class=documented(answer=shapes.Attestation, refusals={**NAMED, 400: "the nonce is not hex"}),
+        operation_class=documented(answer=shapes.Attestation, refusals={**NAMED, 400: "the nonce is not hex"}, query=NONCE),
     )
     async def attest(self, daemon: Daemon, request: Request, name: str) -> dict[str, Any]:
         """`{quote, event_log, report_data_preimage, tee, checkpoint}`; `?nonce=HEX` for a fresh quote."""
@@ -96,7 +97,7 @@ class AttestationAPI(Controller):
 
     @get(
         "/verification/{name:str}",
-        operation_class=documented(answer=shapes.Verification, refusals={**NAMED, 400: "the nonce is not hex"}),
+        operation_class=documented(answer=shapes.Verification, refusals={**NAMED, 400: "the nonce is not hex"}, query=NONCE),
     )
     async def verification(self, daemon: Daemon, request: Request, name: str) -> Response:
         """Everything a verifier needs in one answer; `Accept: text/html` gives the human page."""
@@ -123,7 +124,11 @@ class AttestationAPI(Controller):
     @get(
         "/log/consistency",
         sync_to_thread=False,
-        operation_class=documented(answer=shapes.Consistency, refusals={**LOG, 400: "'from' missing or sizes out of range"}),
+        operation_class=documented(
+            answer=shapes.Consistency,
+            refusals={**LOG, 400: "'from' missing or sizes out of range"},
+            query={"from": ("integer", "the older log size (required)"), "to": ("integer", "the newer size (default: now)")},
+        ),
     )
     def log_consistency(self, daemon: Daemon, request: Request) -> dict[str, Any]:
         """An RFC 6962 consistency proof between log sizes `from` and `to` (default: now)."""
@@ -137,7 +142,11 @@ class AttestationAPI(Controller):
     @get(
         "/log/entries",
         sync_to_thread=False,
-        operation_class=documented(answer=shapes.LogEntries, refusals={400: "start and end out of range"}),
+        operation_class=documented(
+            answer=shapes.LogEntries,
+            refusals={400: "start and end out of range"},
+            query={"start": ("integer", "the first index (default 0)"), "end": ("integer", "past the last (at most 1000)")},
+        ),
     )
     def log_entries(self, daemon: Daemon, request: Request) -> dict[str, Any]:
         """The log's leaves in index order, `start` (default 0) to `end` (exclusive), ≤ 1000."""
