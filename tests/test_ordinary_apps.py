@@ -298,3 +298,13 @@ def test_a_command_that_crashes_after_serving_is_restarted(daemon, name):
         time.sleep(0.2)
     log = daemon.get(f"/_api/projects/{name}/logs", admin=True).text
     assert "exit code 3" in log or "status 3" in log, log[-2000:]
+
+
+def test_cli_deploys_a_folder_with_its_command(daemon, name):
+    """`tee-daemon deploy ./folder --command ...`, as the README shows it."""
+    from test_client import ok, run
+    from test_runtimes import APPS
+
+    out = ok(run(daemon, "deploy", str(APPS / "procfile-hello"), "--name", name, "--command", "python3 server.py", "--json"))
+    assert json.loads(out)["command"] == "python3 server.py"
+    assert daemon.get(f"/{name}/").json()["version"] == "1"

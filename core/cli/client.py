@@ -353,6 +353,7 @@ def cmd_deploy(args: argparse.Namespace) -> dict:
         "name": name,
         "runtime": args.runtime,
         "entry": args.entry,
+        "command": args.command,
         "env": _pairs(args.env, "env") or None,
         "secrets": _pairs(args.secret, "secret") or None,
     }
@@ -671,8 +672,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--name", help="project name: lowercase letters, digits and '-' (default: package.json's name, else the folder's)"
     )
     p.add_argument("--ref", help="git branch, tag or commit (git URLs only)")
-    p.add_argument("--runtime", help="deno, bun, node, python, static or dockerfile (default: detected)")
+    p.add_argument("--runtime", help="deno, bun, node, python, static, dockerfile or command (default: detected)")
     p.add_argument("--entry", help="entry file (default: the runtime's)")
+    p.add_argument(
+        "--command", help="the command that starts the app on $PORT, e.g. 'node index.js' (the command runtime)"
+    )
     p.add_argument("--env", action="append", metavar="K=V", help="public configuration (repeatable)")
     p.add_argument("--secret", action="append", metavar="K=V", help="private value, never published (repeatable)")
     p.set_defaults(func=_run("deploy", cmd_deploy))
