@@ -102,6 +102,7 @@ def test_procfile_app_sees_port_host_and_the_pinned_toolchains(daemon, name):
         "info = {t: shutil.which(t) for t in ('node', 'npm', 'deno', 'bun', 'python')}\n"
         "info['node_v'] = run('node', '--version'); info['npm_v'] = run('npm', '--version')\n"
         "info['host'] = os.environ['HOST']\n"
+        "info['uid'] = os.getuid(); info['tee_env'] = sorted(k for k in os.environ if k.startswith('TEE'))\n"
         "class H(http.server.BaseHTTPRequestHandler):\n"
         "    def do_GET(self):\n"
         "        b = json.dumps(info).encode(); self.send_response(200); self.end_headers(); self.wfile.write(b)\n"
@@ -113,6 +114,9 @@ def test_procfile_app_sees_port_host_and_the_pinned_toolchains(daemon, name):
         assert info[tool] and "/build/bin/" in info[tool], info
     assert info["node_v"].startswith("v") and info["npm_v"][0].isdigit(), info
     assert info["host"] == "127.0.0.1"
+    # Sandboxed as the project: not root, and nothing of the daemon's environment (the
+    # relay's TEE_COMMAND included) reaches the command.
+    assert info["uid"] != 0 and info["tee_env"] == [], info
 
 
 def test_command_field_errors_are_4xx(daemon, name):

@@ -229,7 +229,7 @@ def runtime_start(runtime: str, ctx: StartContext) -> Instance:
         argv = [sys.executable, "-I", str(ctx.build_dir / RELAY)]
         env["TEE_COMMAND"] = command
     else:
-        argv = ["/bin/sh", "-c", "exec " + command]
+        argv = ["/bin/sh", "-c", "unset TEE_ENV_KEYS; " + command]  # as the relay does
     return plugin.start(
         ctx,
         LaunchPlan(argv=argv, cwd=cwd, read_only=read_only, extra_env=env, path_dirs=path_dirs,

@@ -24,6 +24,7 @@ import socket
 import sys
 
 COMMAND = os.environ.pop("TEE_COMMAND")
+os.environ.pop("TEE_ENV_KEYS", None)  # For the handler shims; an ordinary app has no use for it.
 UNIX = os.environ.pop("LISTEN_UNIX", None)
 INNER_PORT = "8080"  # The namespace is the project's own: nothing else can hold it.
 POLL = 0.05
