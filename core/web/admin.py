@@ -16,14 +16,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from litestar import Request, Response, get
+from litestar import Response, get
 from litestar.response import Stream
 
 from tee_daemon.kernel.errors import NotFound, UserError
 from tee_daemon.state.models import NAME_RE, _iso
 from tee_daemon.web import viewer
 from tee_daemon.web import shapes
-from tee_daemon.web.api import ADMIN, daemon_of
+from tee_daemon.daemon import Daemon
+from tee_daemon.web.api import ADMIN
 from tee_daemon.web.openapi import NAMED_REFUSALS, ADMIN_REFUSALS, documented
 
 OUTPUT_POLL = 0.2  # seconds between looks at the log files while following
@@ -37,10 +38,10 @@ OUTPUT_FILES = ("build.log", "app.log")
 
 
 @get("/_admin/", sync_to_thread=False, include_in_schema=False)
-def admin_page(request: Request) -> Response:
+def admin_page(daemon: Daemon) -> Response:
     """The dashboard's shell (at `/_admin` too: Litestar ignores a trailing slash);
     admin.js fills it in once the operator gives the token."""
-    return viewer.html_response(dashboard_html(daemon_of(request).tee_mode))
+    return viewer.html_response(dashboard_html(daemon.tee_mode))
 
 
 def dashboard_html(tee: str) -> str:
@@ -121,9 +122,9 @@ def dashboard_html(tee: str) -> str:
     sync_to_thread=False,
     operation_class=documented(answer=shapes.Versions, refusals=NAMED_REFUSALS),
 )
-def list_versions(request: Request, name: str) -> dict[str, Any]:
+def list_versions(daemon: Daemon, name: str) -> dict[str, Any]:
     """The kept versions, newest first, with what each ran and whether it serves."""
-    project = daemon_of(request).deployer.projects.get(name)  # type: ignore[union-attr]
+    project = daemon.deployer.projects.get(name)
     if project is None:
         raise NotFound(f"no project named {name!r}")
     return {
@@ -156,7 +157,7 @@ def list_versions(request: Request, name: str) -> dict[str, Any]:
     **ADMIN,
     operation_class=documented(text="text/plain", refusals={**ADMIN_REFUSALS, 400: "not a valid project name"}),
 )
-async def deploy_output(request: Request, name: str) -> Stream:
+async def deploy_output(daemon: Daemon, name: str) -> Stream:
     """What the project's build steps and runs write from now on, as it is written.
 
     A client opens this before it sends a deploy and reads until the deploy answers
@@ -166,7 +167,7 @@ async def deploy_output(request: Request, name: str) -> Stream:
     if not NAME_RE.fullmatch(name):
         raise UserError(f"invalid project name {name!r}: lowercase letters, digits and '-', at most 63")
     # Not store.logs_dir(): that makes the folder, and a name nobody deploys needs none.
-    folder = daemon_of(request).store.projects_dir / name / "logs"
+    folder = daemon.store.projects_dir / name / "logs"
     start = {file: _stat(folder / file) for file in OUTPUT_FILES}  # before the answer starts
     return Stream(
         _follow_new(folder, start),
