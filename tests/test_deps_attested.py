@@ -346,3 +346,12 @@ def test_deno_with_a_lockfile_installs_frozen_and_is_pinned(daemon, tmp_path) ->
     r = daemon.deploy_files("deps-deno-forged", {**files, "deno.lock": forged})
     assert 400 <= r.status_code < 500, r.text
     assert "integrity" in r.text.lower() or "checksum" in r.text.lower(), r.text
+
+
+def test_a_pip_install_is_frozen_to_the_requirements_hashes(daemon) -> None:
+    """A requirements.txt whose hash is not the wheel's is a 4xx deploy error: the install
+    never takes what it was not told. (npm ci refuses a wrong integrity the same way, but
+    only after its retries, minutes later: not tested here.)"""
+    wrong = "0" * 64
+    r = daemon.deploy_files("deps-pip-forged", {"app.py": PY_APP, "requirements.txt": f"six==1.16.0 --hash=sha256:{wrong}\n"})
+    assert 400 <= r.status_code < 500 and "hash" in r.text.lower(), r.text
