@@ -70,11 +70,13 @@ class Deployer:
         store: Store,
         registry: Registry,
         routes: dict[str, Route],
-        journal: ChangeRecorder | None = None,
-        tenancy: Tenancy | None = None,
+        *,
+        tenancy: Tenancy,
+        journal: ChangeRecorder | None = None,  # None: no project can be attested
     ) -> None:
+        """Every part handed in (the daemon's own): nothing is built here on the side."""
         self.settings = settings
-        self.tenancy = tenancy or Tenancy(settings, store)
+        self.tenancy = tenancy
         self.store = store
         self.registry = registry
         self.routes = routes  # the front door's live routes: what each name serves
