@@ -312,3 +312,33 @@ def test_cli_deploys_a_folder_with_its_command(daemon, name):
     out = ok(run(daemon, "deploy", str(APPS / "procfile-hello"), "--name", name, "--command", "python3 server.py", "--json"))
     assert json.loads(out)["command"] == "python3 server.py"
     assert daemon.get(f"/{name}/").json()["version"] == "1"
+
+
+def test_fastify_listening_on_localhost(daemon, name):
+    """Fastify binds `localhost` by default (::1 or 127.0.0.1, as the resolver says):
+    the relay finds it on either loopback address."""
+    deploy_ok(daemon, name, app_files("fastify-hello"), command="node index.js")
+    r = daemon.get(f"/{name}/")
+    assert r.status_code == 200 and r.json() == {"hello": "world"}
+
+
+IPV6_ONLY = '''
+import http.server, os, socket
+
+class Server(http.server.HTTPServer):
+    address_family = socket.AF_INET6
+
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("content-length", "4")
+        self.end_headers()
+        self.wfile.write(b"ipv6")
+
+Server(("::1", int(os.environ["PORT"])), H).serve_forever()
+'''
+
+
+def test_an_app_on_the_ipv6_loopback_is_found(daemon, name):
+    deploy_ok(daemon, name, {"server.py": IPV6_ONLY}, command="python3 server.py")
+    assert daemon.get(f"/{name}/").text == "ipv6"

@@ -153,9 +153,19 @@ async def main() -> int:
     exited = asyncio.ensure_future(child.wait())
     served = False
     if UNIX:
-        connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        # An app told 127.0.0.1 may still bind "localhost", which can resolve to ::1
+        # only (Fastify's default): either loopback address of the namespace will do.
+        wildcard_or_loopback = host in ("0.0.0.0", "::", "", "127.0.0.1", "localhost")
+        candidates = ["127.0.0.1", "::1"] if wildcard_or_loopback else [host]
+        connect_host = None
         hint_at = loop.time() + HINT_AFTER
-        while not exited.done() and not await listening(connect_host, port):
+        while not exited.done():
+            for candidate in candidates:
+                if await listening(candidate, port):
+                    connect_host = candidate
+                    break
+            if connect_host is not None:
+                break
             if hint_at and loop.time() > hint_at:
                 hint_at = 0
                 print(f"tee-daemon: waiting for the command to listen on {host}:{port} "
