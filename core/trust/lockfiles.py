@@ -3,7 +3,8 @@
 The rules that decide `lock_sha256` and `pinned`, shared by the runtimes (through
 `tee_daemon.plugin`) and the verifier, which applies them to the published source:
 
-- npm (node, bun): `package-lock.json`, else `npm-shrinkwrap.json`; `npm ci` installs
+- npm (node, bun): `npm-shrinkwrap.json`, else `package-lock.json` (npm's own order);
+  only that file is handed to the install, and `npm ci` installs
   exactly what it lists and checks every tarball's `integrity` hash, so it pins.
 - Deno: `deno.lock`, used with `--frozen` (Deno refuses to fetch anything the lockfile
   does not list, and checks each module's hash), so it pins.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 __all__ = ["NPM_LOCKFILES", "file_sha256", "npm_lockfile", "requirements_pinned"]
 
-NPM_LOCKFILES = ("package-lock.json", "npm-shrinkwrap.json")
+NPM_LOCKFILES = ("npm-shrinkwrap.json", "package-lock.json")
 _PINNED_REQUIREMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]*\])?==[^\s;=]+")
 _ALLOWED_OPTIONS = ("--index-url", "-i", "--extra-index-url", "--find-links", "-f", "--no-binary",
                     "--only-binary", "--prefer-binary", "--trusted-host", "--require-hashes")  # fmt: skip
