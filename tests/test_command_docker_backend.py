@@ -3,11 +3,10 @@ on the local runtime-base image (nothing pulled), listening on $PORT itself (no 
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import docker
 import pytest
-
 from docker_engine import RUNTIME_BASE_IMAGE
 from dockertest import app_files, deploy_ok, only_container, running_engine
 from harness import DaemonProcess

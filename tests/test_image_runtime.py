@@ -7,12 +7,11 @@ import io
 import tarfile
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import docker
 import httpx
 import pytest
-
 from docker_engine import BUSYBOX_IMAGE
 from dockertest import only_container, running_engine
 from harness import DaemonProcess

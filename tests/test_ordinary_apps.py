@@ -10,7 +10,6 @@ import time
 
 import httpx
 import pytest
-
 from test_runtimes import app_files, build_log, deploy_ok, get_until
 
 START_TIMEOUT = 8  # seconds: the "never listens" case waits this long, not the default 30

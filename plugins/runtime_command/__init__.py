@@ -26,14 +26,26 @@ import sys
 from pathlib import Path
 
 from tee_daemon import plugin
-from tee_daemon.plugin import BuildContext, DeployFailed, Detection, Instance, LaunchPlan, RuntimeInfo, StartContext, hookimpl
-
+from tee_daemon.plugin import (
+    BuildContext,
+    DeployFailed,
+    Detection,
+    Instance,
+    LaunchPlan,
+    RuntimeInfo,
+    StartContext,
+    hookimpl,
+)
 from tee_daemon_plugins import toolchain
 from tee_daemon_plugins.base_image import BASE_IMAGE
 from tee_daemon_plugins.depcache import BUILD_PATH
-from tee_daemon_plugins.runtime_node import npm
 from tee_daemon_plugins.runtime_deno import deno_report
-from tee_daemon_plugins.runtime_python.venv import python_roots, python_venv, venv_report
+from tee_daemon_plugins.runtime_node import npm
+from tee_daemon_plugins.runtime_python.venv import (
+    python_roots,
+    python_venv,
+    venv_report,
+)
 
 HERE = Path(__file__).resolve().parent
 NAME = "command"

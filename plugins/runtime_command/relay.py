@@ -134,7 +134,7 @@ async def serve(loop, listener: socket.socket, host: str, port: int) -> None:
 async def listening(host: str, port: int) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     return True

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 from tee_daemon.plugin import (
+    BuildContext,
     BuildReport,
     ContainerInstance,
     DeployFailed,
@@ -27,7 +28,6 @@ from tee_daemon.plugin import (
     Instance,
     RuntimeInfo,
     StartContext,
-    BuildContext,
     container_forward,
     container_spec,
     docker_client,
@@ -70,10 +70,10 @@ def resolve(client, image: str) -> str:
     except docker.errors.APIError as exc:
         raise DeployFailed(f"the Docker engine could not look up image {image!r}: {exc.explanation or exc}") from None
     if found is None or (ref and not any(d.endswith("@" + digest) for d in found.attrs.get("RepoDigests") or [])):
+        hint = " (a registry digest must be one of the image's RepoDigests; an image id 'sha256:...' names a local image)"
         raise DeployFailed(
             f"image {image!r} is not in the Docker engine; nothing is pulled here: load or build it on the engine first"
-            + (" (a registry digest must be one of the image's RepoDigests; an image id 'sha256:...' names a local image)"
-               if ref else "")  # fmt: skip
+            + (hint if ref else "")
         )
     return found.id
 

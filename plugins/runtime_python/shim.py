@@ -91,7 +91,7 @@ def handle_adapter(handle):
 def is_asgi(app) -> bool:
     """An ASGI app is a coroutine function (or an object whose __call__ is one); a WSGI
     app is a plain callable `(environ, start_response)`."""
-    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(getattr(app, "__call__", None))
+    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(type(app).__call__)
 
 
 async def lifespan_ack(receive, send):
@@ -185,7 +185,7 @@ def wsgi_adapter(wsgi_app):
                     if hasattr(result, "close"):
                         result.close()
                 put(None)
-            except BaseException as exc:  # Reported once the thread is done.
+            except BaseException as exc:  # noqa: BLE001 - handed to the event loop, which answers 500 and logs it
                 put(exc)
 
         worker = loop.run_in_executor(None, run)
