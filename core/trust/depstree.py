@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tee_daemon.trust.treehash import _tree_ids
+from tee_daemon.trust.treehash import tree_ids
 
 __all__ = ["EXCLUDED", "deps_tree_sha256", "excluded"]
 
@@ -70,4 +70,4 @@ def deps_tree_sha256(root: Path | None, kind: str) -> str | None:
         return None
     if kind not in ("node_modules", "site-packages", "deno-dir"):
         raise ValueError(f"unknown dependency tree kind {kind!r}")
-    return _tree_ids(root, lambda parents, name, is_dir: excluded(kind, parents, name, is_dir)).sha256
+    return tree_ids(root, lambda parents, name, is_dir: excluded(kind, parents, name, is_dir)).sha256

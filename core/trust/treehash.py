@@ -53,13 +53,20 @@ class _Frame:
     done: list[_Entry] = field(default_factory=list)
 
 
-def tree_ids(root: Path) -> TreeIds:
-    """The git tree ids (SHA-1 and SHA-256) of the files under `root`.
+# Decides whether an entry is left out: (names of the folders above it, relative to the
+# root; its name; whether it is a folder). Used by depstree for what installers write
+# non-deterministically.
+Skip = Callable[[list[bytes], bytes, bool], bool]
+
+
+def tree_ids(root: Path, skip: Skip | None = None) -> TreeIds:
+    """The git tree ids (SHA-1 and SHA-256) of the files under `root` (less what `skip`
+    leaves out).
 
     A path too long for the system (a git checkout nesting long names past PATH_MAX)
     is the source's fault: a `SourceError` (400) that says so, not an internal error."""
     try:
-        return _tree_ids(root)
+        return _tree_ids(root, skip)
     except OSError as exc:
         if exc.errno != errno.ENAMETOOLONG:
             raise
@@ -69,12 +76,6 @@ def tree_ids(root: Path) -> TreeIds:
             "the source has a path too long for the file system (over 4096 bytes with the "
             "daemon's folder); shorten its nested folder names"
         ) from None
-
-
-# Decides whether an entry is left out: (names of the folders above it, relative to the
-# root; its name; whether it is a folder). Used by depstree for what installers write
-# non-deterministically.
-Skip = Callable[[list[bytes], bytes, bool], bool]
 
 
 def _tree_ids(root: Path, skip: Skip | None = None) -> TreeIds:
