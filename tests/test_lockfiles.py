@@ -53,3 +53,17 @@ def test_npm_lockfile_order_and_links(tmp_path: Path) -> None:
     (tmp_path / "npm-shrinkwrap.json").unlink()
     (tmp_path / "npm-shrinkwrap.json").symlink_to("/etc/hostname")
     assert npm_lockfile(tmp_path).name == "package-lock.json"  # a link is never followed
+
+
+def test_verify_deps_check_reads_the_four_fields() -> None:
+    from tee_daemon.cli.verify import check_deps
+
+    base = {"toolchain": {"node": "1", "tee-daemon": "0.1.0"}, "lock_sha256": "aa" * 32, "deps_tree_sha256": "bb" * 32}
+    by_name = lambda checks: {c.name: c for c in checks}  # noqa: E731
+    assert by_name(check_deps({**base, "pinned": True}, False))["deps"].ok
+    assert not by_name(check_deps({**base, "pinned": False}, False))["deps"].ok
+    assert by_name(check_deps({**base, "pinned": False}, True))["deps"].ok  # --allow-unpinned
+    # Pinned without a lockfile for what it installed is a claim nothing backs.
+    assert not by_name(check_deps({**base, "lock_sha256": None, "pinned": True}, True))["deps"].ok
+    assert by_name(check_deps({**base, "lock_sha256": None, "deps_tree_sha256": None, "pinned": True}, False))["deps"].ok
+    assert not by_name(check_deps({"pinned": True}, False))["toolchain"].ok  # no toolchain recorded

@@ -499,9 +499,11 @@ def check_deps(manifest: dict[str, Any], allow_unpinned: bool) -> list[Check]:
         (tools or "the manifest names no toolchain")
         + f"; lock_sha256 {manifest.get('lock_sha256')}, deps_tree_sha256 {manifest.get('deps_tree_sha256')}",
     )]  # fmt: skip
-    if manifest.get("pinned") is True:
-        what = "nothing installed" if manifest.get("deps_tree_sha256") is None else (
-            f"every installed dependency is fixed by the lockfile {manifest.get('lock_sha256')}")
+    installed, lock = manifest.get("deps_tree_sha256"), manifest.get("lock_sha256")
+    if manifest.get("pinned") is True and installed is not None and lock is None:
+        checks.append(Check("deps", False, "claims pinned, but names no lockfile for what it installed"))
+    elif manifest.get("pinned") is True:
+        what = "nothing installed" if installed is None else f"every installed dependency is fixed by the lockfile {lock}"
         checks.append(Check("deps", True, f"pinned: {what}"))
     elif allow_unpinned:
         checks.append(Check("deps", True, "NOT pinned (accepted by --allow-unpinned): what it installed "
