@@ -57,7 +57,7 @@ def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         )
 
 
-# What an admin handler outside `AdminAPI` declares: the guard, and the bearer scheme.
+# What every admin handler declares (here, in admin.py): the guard, and the bearer scheme.
 ADMIN: dict[str, Any] = {"guards": [admin_guard], "security": [{"bearer": []}]}
 
 
