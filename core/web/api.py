@@ -126,6 +126,7 @@ class DaemonAPI(Controller):
     """The daemon itself: health and substrate (public), metrics (admin)."""
 
     path = "/_api"
+    tags = ["daemon"]
 
     @get("/health", sync_to_thread=False, operation_class=documented(answer=shapes.Health))
     def health(self, daemon: Daemon) -> dict[str, str]:
@@ -156,6 +157,7 @@ class ProjectsAPI(Controller):
     (Litestar wants one controller per path, so the guard is per handler.)"""
 
     path = "/_api/projects"
+    tags = ["projects"]
 
     @get(
         "/{name:str}",

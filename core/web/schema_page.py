@@ -130,17 +130,33 @@ def _operation(method: str, path: str, operation: dict[str, Any], components: di
     return "".join(parts)
 
 
+GROUPS = ["daemon", "projects", "attestation"]  # the controllers' tags, in page order
+
+
+def _group(path: str, operation: dict[str, Any]) -> str:
+    """The operation's tag; untagged ones (the dashboard's, `/`) by their path."""
+    tags = operation.get("tags") or ()
+    if tags:
+        return str(tags[0])
+    return "projects" if path.startswith("/_api/projects") else "daemon"
+
+
 def render_page(openapi_schema: dict[str, Any]) -> str:
     from tee_daemon.web.viewer import _layout
 
     components = openapi_schema.get("components", {}).get("schemas") or {}
-    operations = []
-    index = []
+    groups: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
     for path, item in sorted(openapi_schema.get("paths", {}).items()):
         for method in METHODS:
             operation = item.get(method)
-            if operation is None:
-                continue
+            if operation is not None:
+                groups.setdefault(_group(path, operation), []).append((method, path, operation))
+    operations = []
+    index = []
+    for group in sorted(groups, key=lambda g: GROUPS.index(g) if g in GROUPS else len(GROUPS)):
+        operations.append(f"<h2 id='group-{e(group)}'>{e(group.capitalize())}</h2>")
+        index.append(f"<tr><th colspan='3'>{e(group.capitalize())}</th></tr>")
+        for method, path, operation in groups[group]:
             operations.append(_operation(method, path, operation, components))
             who = "admin" if operation.get("security") else "public"
             summary = (operation.get("description") or "").strip().splitlines()
