@@ -100,6 +100,9 @@ class Daemon:
             "runtimes": self.registry.runtime_facts(),  # each plugin's own facts nested
             "tee": self.tee_mode,
             "tee_info": self.tee_info,
+            # The app-compose document the daemon runs under (SPEC 12): its SHA-256 is the
+            # event log's compose-hash, which `verify` checks (the daemon's own image).
+            "app_compose": self.tee_info.get("app_compose"),
             "transparency_log": self.journal.status(),
         }
         # How projects are kept apart is core's (the sandbox, or the container engine).

@@ -277,7 +277,9 @@ def test_compose_file_checked_against_the_event_log(daemon, tmp_path) -> None:
     name = "deps-compose"
     manifest = deploy_and_promote(daemon, name, {"index.html": "compose"})
     assert manifest["pinned"] is True and manifest["deps_tree_sha256"] is None
-    app_compose = daemon.get("/_api/substrate").json()["tee_info"]["app_compose"]
+    substrate = daemon.get("/_api/substrate").json()
+    app_compose = substrate["app_compose"]
+    assert substrate["tee_info"]["app_compose"] == app_compose
     assert "image: tee-daemon:simulated" in json.loads(app_compose)["docker_compose_file"]
     good = tmp_path / "app-compose.json"
     good.write_text(app_compose)

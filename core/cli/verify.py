@@ -308,12 +308,20 @@ _TEE_INFO_KEYS = {"app-id": "app_id", "compose-hash": "compose_hash", "instance-
 
 
 def substrate_tee_info(get: Getter) -> tuple[dict[str, Any], str]:
-    """(tee_info, "" or why it is missing): only a cross-check, so fetching may fail."""
+    """(tee_info, "" or why it is missing): only a cross-check, so fetching may fail.
+
+    The substrate's top-level `app_compose` (SPEC 12) is folded into it when tee_info
+    has none."""
     try:
-        info = get("/_api/substrate", None).get("tee_info")
+        substrate = get("/_api/substrate", None)
     except FetchError as exc:
         return {}, f"/_api/substrate not read ({exc})"
-    return (info, "") if isinstance(info, dict) else ({}, "/_api/substrate has no tee_info")
+    info = substrate.get("tee_info")
+    if not isinstance(info, dict):
+        return {}, "/_api/substrate has no tee_info"
+    if "app_compose" not in info and isinstance(substrate.get("app_compose"), str):
+        info = {**info, "app_compose": substrate["app_compose"]}
+    return info, ""
 
 
 def check_event_log(attestation: dict[str, Any], tee_info: dict[str, Any], why_no_info: str = "") -> list[Check]:

@@ -106,6 +106,9 @@ class Substrate(msgspec.Struct, kw_only=True):
     runtimes: dict[str, dict[str, Any]]
     tee: str
     tee_info: dict[str, Any]
+    # The app-compose document the daemon runs under; its SHA-256 is the event log's
+    # compose-hash (SPEC 12). Null when the TEE does not say.
+    app_compose: str | None = None
     transparency_log: dict[str, Any]
 
 
