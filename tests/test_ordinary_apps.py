@@ -42,6 +42,24 @@ def test_express_with_its_lockfile_from_the_registry(daemon, name):
     assert "added 72 packages" in build_log(daemon, name)  # express's tree, from the lockfile
 
 
+def test_express_as_its_tutorial_wrote_it_runs_its_start_script(daemon, name):
+    """No command, no Procfile: package.json's `start` script is the command (Heroku's
+    order), so the Express sample deploys unchanged."""
+    project = deploy_ok(daemon, name, app_files("express-hello"))
+    assert project["runtime"] == "command" and project["command"] is None
+    r = daemon.get(f"/{name}/users/7")
+    assert r.status_code == 200 and r.json() == {"id": "7", "query": {}}
+    assert "express" in r.headers.get("x-powered-by", "").lower()
+
+
+def test_fastapi_main_py_as_its_tutorial_wrote_it(daemon, name):
+    """FastAPI's tutorial: `app = FastAPI()` in main.py, nothing else. The python runtime
+    finds main.py and serves its ASGI app (granian, not uvicorn)."""
+    project = deploy_ok(daemon, name, app_files("fastapi-hello"))
+    assert project["runtime"] == "python" and project["entry"] == "main.py"
+    assert daemon.get(f"/{name}/items/5?q=z").json() == {"item_id": 5, "q": "z"}
+
+
 def test_hono_from_its_procfile(daemon, name):
     project = deploy_ok(daemon, name, app_files("hono-hello"))
     assert project["runtime"] == "command" and project["command"] is None  # The tree's Procfile decides.

@@ -2,7 +2,9 @@
 way Heroku, Dokku and piku run apps (SPEC section 11).
 
 The command is the manifest's or project.json's `command`, else the `web:` line of a
-`Procfile` (autodetected right after a Dockerfile). Before it runs, the project's
+`Procfile`, else `package.json`'s `scripts.start` (Heroku's order; a tree with either
+is autodetected right after a Dockerfile, so an Express or Fastify app deploys as its
+tutorial wrote it; a Node handler project with a start script sets `runtime: node`). Before it runs, the project's
 dependencies are installed as its toolchain's runtime installs them: `package.json` with
 the pinned npm (cached node_modules linked into a copy of the tree, which becomes the
 working directory), `requirements.txt` into a venv of the project's own, `deno.json`'s
@@ -18,6 +20,7 @@ relays the socket to it once it listens (see there).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -76,7 +79,25 @@ def runtime_detect(tree: Path) -> Detection | None:
     procfile = tree / "Procfile"
     if procfile.is_file() and not procfile.is_symlink():
         return Detection(runtime=NAME, entry=None)
+    if npm_start(tree) is not None:
+        return Detection(runtime=NAME, entry=None)
     return None
+
+
+def npm_start(tree: Path) -> str | None:
+    """`scripts.start` of the tree's package.json, or None (absent, not a string, or the
+    file is no JSON object: then the node runtime's own checks speak)."""
+    package = tree / "package.json"
+    if not package.is_file() or package.is_symlink() or package.stat().st_size > 1024 * 1024:
+        return None
+    try:
+        scripts = json.loads(package.read_bytes()).get("scripts")
+    except (ValueError, AttributeError):
+        return None
+    start = scripts.get("start") if isinstance(scripts, dict) else None
+    if not isinstance(start, str) or not start.strip():
+        return None
+    return start.strip()
 
 
 def procfile_web(tree: Path) -> str | None:
@@ -164,11 +185,11 @@ def _deno_cache(ctx: BuildContext) -> Path | None:
 
 @hookimpl
 def runtime_build(runtime: str, ctx: BuildContext) -> plugin.BuildReport:
-    command = getattr(ctx, "command", None) or procfile_web(ctx.tree)
+    command = getattr(ctx, "command", None) or procfile_web(ctx.tree) or npm_start(ctx.tree)
     if command is None:
         raise DeployFailed(
             "the command runtime needs a command: `command` in the manifest or project.json, "
-            "or a Procfile with a `web:` line"
+            "a Procfile with a `web:` line, or a `start` script in package.json"
         )
     (ctx.build_dir / COMMAND_FILE).write_text(check_command(command) + "\n")
     reports = []  # what each installer put in place (SPEC 12)

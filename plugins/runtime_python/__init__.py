@@ -45,7 +45,11 @@ def runtime_describe() -> list[RuntimeInfo]:
 
 @hookimpl
 def runtime_detect(tree: Path) -> Detection | None:
-    return Detection(runtime=NAME, entry="app.py") if (tree / "app.py").is_file() else None
+    # app.py is the handler contract's file; main.py is where FastAPI's tutorial puts `app`.
+    for entry in ("app.py", "main.py"):
+        if (tree / entry).is_file():
+            return Detection(runtime=NAME, entry=entry)
+    return None
 
 
 @hookimpl
