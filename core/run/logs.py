@@ -40,10 +40,10 @@ async def follow(logs_dir: Path, lines: int | None = None) -> AsyncIterator[byte
     first = read(logs_dir, lines)
     if first:
         yield first
-    offset, inode = _stat(path)
+    offset, inode = size_and_inode(path)
     while True:
         await asyncio.sleep(FOLLOW_POLL)
-        size, now_inode = _stat(path)
+        size, now_inode = size_and_inode(path)
         if now_inode != inode or size < offset:  # Rotated (truncated) or replaced.
             offset, inode = 0, now_inode
         if size <= offset:
@@ -61,9 +61,40 @@ async def follow(logs_dir: Path, lines: int | None = None) -> AsyncIterator[byte
             continue
 
 
-def _stat(path: Path) -> tuple[int, int | None]:
+def size_and_inode(path: Path) -> tuple[int, int | None]:
     try:
         st = os.stat(path)
     except OSError:
         return 0, None
     return st.st_size, st.st_ino
+
+
+async def follow_new(folder: Path, start: dict[str, tuple[int, int | None]], poll: float) -> AsyncIterator[bytes]:
+    """What is written to the files named in `start` (file name -> its `size_and_inode`
+    when the caller looked) from then on, as it is written; never ends on its own."""
+    # One empty chunk first: the answer's head goes out now, so the client knows the
+    # starting offsets are taken and can send its deploy.
+    yield b""
+    seen = dict(start)
+    while True:
+        for file, (offset, known) in list(seen.items()):
+            path = folder / file
+            size, inode = size_and_inode(path)
+            if inode != known or size < offset:  # rotated, truncated or made anew
+                offset = 0
+            if size > offset:
+                data = await asyncio.to_thread(_read_range, path, offset, size)
+                offset += len(data)
+                if data:
+                    yield data
+            seen[file] = (offset, inode)
+        await asyncio.sleep(poll)
+
+
+def _read_range(path: Path, start: int, end: int) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            return fh.read(min(CHUNK, end - start))
+    except OSError:
+        return b""

@@ -10,16 +10,13 @@ framing) and admin.js builds every value into the page as text, never as markup.
 
 from __future__ import annotations
 
-import asyncio
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from litestar import Response, get
 from litestar.response import Stream
 
 from tee_daemon.kernel.errors import NotFound, UserError
+from tee_daemon.run import logs
 from tee_daemon.state.models import NAME_RE, _iso
 from tee_daemon.web import viewer
 from tee_daemon.web import shapes
@@ -28,7 +25,6 @@ from tee_daemon.web.api import ADMIN
 from tee_daemon.web.openapi import NAMED_REFUSALS, ADMIN_REFUSALS, documented
 
 OUTPUT_POLL = 0.2  # seconds between looks at the log files while following
-CHUNK = 64 * 1024
 # What a deploy writes: its build steps (npm, pip, docker build) and then the new
 # version's own stdout/stderr as it starts.
 OUTPUT_FILES = ("build.log", "app.log")
@@ -168,50 +164,14 @@ async def deploy_output(daemon: Daemon, name: str) -> Stream:
         raise UserError(f"invalid project name {name!r}: lowercase letters, digits and '-', at most 63")
     # Not store.logs_dir(): that makes the folder, and a name nobody deploys needs none.
     folder = daemon.store.projects_dir / name / "logs"
-    start = {file: _stat(folder / file) for file in OUTPUT_FILES}  # before the answer starts
+    start = {file: logs.size_and_inode(folder / file) for file in OUTPUT_FILES}  # before the answer starts
     return Stream(
-        _follow_new(folder, start),
+        logs.follow_new(folder, start, poll=OUTPUT_POLL),
         media_type="text/plain; charset=utf-8",
         headers={"cache-control": "no-cache", "x-content-type-options": "nosniff"},
     )
 
 
-async def _follow_new(folder: Path, start: dict[str, tuple[int, int | None]]) -> AsyncIterator[bytes]:
-    # One empty chunk first: the answer's head goes out now, so the client knows the
-    # starting offsets are taken and can send its deploy.
-    yield b""
-    seen = dict(start)
-    while True:
-        for file in OUTPUT_FILES:
-            path = folder / file
-            size, inode = _stat(path)
-            offset, known = seen[file]
-            if inode != known or size < offset:  # rotated, truncated or made anew
-                offset = 0
-            if size > offset:
-                data = await asyncio.to_thread(_read_range, path, offset, size)
-                offset += len(data)
-                if data:
-                    yield data
-            seen[file] = (offset, inode)
-        await asyncio.sleep(OUTPUT_POLL)
-
-
-def _read_range(path: Path, start: int, end: int) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(start)
-            return fh.read(min(CHUNK, end - start))
-    except OSError:
-        return b""
-
-
-def _stat(path: Path) -> tuple[int, int | None]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return 0, None
-    return st.st_size, st.st_ino
 
 
 ROUTES = [admin_page, list_versions, deploy_output]
