@@ -52,6 +52,29 @@ def test_express_as_its_tutorial_wrote_it_runs_its_start_script(daemon, name):
     assert "express" in r.headers.get("x-powered-by", "").lower()
 
 
+def test_express_hello_world_verbatim_listens_where_the_daemon_expects(daemon, name):
+    """expressjs.com's hello world as written: `app.listen(3000)`, no start script, no
+    Procfile. The node runtime takes index.js; its server listens where the daemon
+    expects the project (the port it named is not used: in the sandbox nothing else could
+    reach it)."""
+    files = app_files("express-hello")
+    package = json.loads(files["package.json"])
+    package.pop("scripts")
+    files["package.json"] = json.dumps(package).encode()
+    files["index.js"] = files["index.js"].replace(b"process.env.PORT || 3000", b"3000")
+    project = deploy_ok(daemon, name, files)
+    assert project["runtime"] == "node"
+    r = daemon.get(f"/{name}/users/3")
+    assert r.status_code == 200 and r.json() == {"id": "3", "query": {}}
+
+
+def test_node_entry_that_neither_exports_nor_listens_is_refused_with_the_reason(daemon, name):
+    r = daemon.deploy_files(name, {"index.js": b"console.log('nothing to serve')\n"})
+    assert r.status_code == 422, r.text
+    assert "start an http server" in r.json()["detail"]
+    assert daemon.get(f"/{name}/").status_code == 404
+
+
 def test_fastapi_main_py_as_its_tutorial_wrote_it(daemon, name):
     """FastAPI's tutorial: `app = FastAPI()` in main.py, nothing else. The python runtime
     finds main.py and serves its ASGI app (granian, not uvicorn)."""

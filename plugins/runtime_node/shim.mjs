@@ -2,7 +2,9 @@
 // $LISTEN_UNIX when the project network is isolated) with node:http.
 //   CommonJS  module.exports = (req, res, env) => ...          (Node http style)
 //   ES module export default (req: Request, ctx) => Response   (fetch style)
+//   an app that starts its own server (Express's app.listen(3000)): see ownServer below
 import http from "node:http";
+import net from "node:net";
 import { once } from "node:events";
 import { createRequire } from "node:module";
 import { Readable } from "node:stream";
@@ -16,6 +18,22 @@ const env = {};
 for (const k of keys) env[k] = process.env[k] ?? "";
 Object.freeze(env);
 const ctx = Object.freeze({ env, dataDir: process.env.DATA_DIR ?? "" });
+
+// An app that starts its own server, as framework tutorials do, runs unchanged: the first
+// http.Server it asks to listen (on whatever port or host it names) listens where the
+// daemon expects the project instead, and serves (an export beside it is not used).
+const originalListen = net.Server.prototype.listen;
+let ownServer = null;
+function daemonAddress() {
+  return process.env.LISTEN_UNIX ? [process.env.LISTEN_UNIX] : [Number(process.env.PORT), process.env.HOST || "127.0.0.1"];
+}
+net.Server.prototype.listen = function (...args) {
+  if (ownServer !== null || !(this instanceof http.Server)) return originalListen.apply(this, args);
+  ownServer = this;
+  this.keepAliveTimeout = 75_000; // Longer than the daemon's pool keeps an idle connection.
+  const callback = typeof args[args.length - 1] === "function" ? [args[args.length - 1]] : [];
+  return originalListen.apply(this, [...daemonAddress(), ...callback]);
+};
 
 async function load() {
   const require = createRequire(entry);
@@ -41,12 +59,15 @@ if (!isEsm && typeof mod === "function") {
   else if (exported && typeof exported.fetch === "function") listener = fetchListener(exported.fetch, exported);
   else if (!isEsm && exported && typeof exported.default === "function") {
     listener = (req, res) => runHttpStyle(exported.default, req, res);
-  } else {
-    throw new Error(
-      "index.js must set module.exports = (req, res, env) => ..., or be an ES module whose " +
-        "default export is a fetch-style (req, ctx) => Response",
-    );
   }
+}
+const NO_HANDLER =
+  "index.js must set module.exports = (req, res, env) => ..., be an ES module whose default " +
+  "export is a fetch-style (req, ctx) => Response, or start an http server (app.listen(...))";
+if (listener === undefined && ownServer === null) {
+  // It may still listen once it has connected to something; say what is missing meanwhile.
+  setTimeout(() => ownServer === null && console.error(NO_HANDLER), 3000).unref();
+  process.on("exit", () => ownServer === null && console.error(NO_HANDLER));
 }
 
 function fail(res, err) {
@@ -108,12 +129,14 @@ function fetchListener(fn, self) {
   };
 }
 
-const server = http.createServer({ keepAliveTimeout: 75_000, requestTimeout: 0 }, listener);
-server.headersTimeout = 0;
-// With an isolated network the daemon reaches the project over a unix socket.
-if (process.env.LISTEN_UNIX) server.listen(process.env.LISTEN_UNIX);
-else server.listen(Number(process.env.PORT), process.env.HOST || "127.0.0.1");
+let server = ownServer;
+if (listener !== undefined && ownServer === null) {
+  server = http.createServer({ keepAliveTimeout: 75_000, requestTimeout: 0 }, listener);
+  server.headersTimeout = 0;
+  // With an isolated network the daemon reaches the project over a unix socket.
+  originalListen.apply(server, daemonAddress());
+}
 process.on("SIGTERM", () => {
-  server.close();
+  (server ?? ownServer)?.close();
   setTimeout(() => process.exit(0), 1000).unref();
 });
