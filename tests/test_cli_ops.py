@@ -91,6 +91,10 @@ def test_exit_codes_match_the_readme(daemon, tmp_path):
     refused = shell("tee-daemon versions no-such-project-here", daemon)
     assert refused.returncode == 1 and "404" in refused.stderr
 
+    # A source that is neither a folder nor a git URL is the user's mistake, not a refusal.
+    missing = shell("tee-daemon deploy ./no-such-folder --name x", daemon)
+    assert missing.returncode == 4 and "neither a folder nor a git URL" in missing.stderr
+
 
 def test_deploy_name_defaults_from_the_folder_or_package_json(daemon, name, tmp_path):
     folder = write(tmp_path / name, {"index.html": "<h1>named by its folder</h1>"})

@@ -193,11 +193,12 @@ def test_clear_errors_and_exit_codes(daemon, name, tmp_path):
     failed = run(daemon, "deploy", str(broken), "--name", name)
     assert failed.returncode == 1 and "refused (4" in failed.stderr, failed.stderr
 
+    # What the command line itself gets wrong, caught before any request: usage errors too.
     missing = run(daemon, "deploy", str(tmp_path / "nope"), "--name", name)
-    assert missing.returncode == 1 and "neither a folder nor a git URL" in missing.stderr
+    assert missing.returncode == 4 and "neither a folder nor a git URL" in missing.stderr
 
     pair = run(daemon, "deploy", str(folder), "--name", name, "--env", "NOEQUALS")
-    assert pair.returncode == 1 and "KEY=VALUE" in pair.stderr
+    assert pair.returncode == 4 and "KEY=VALUE" in pair.stderr
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -252,6 +252,14 @@ def test_deno_command_with_deno_json_imports_from_npm(daemon, name):
     assert r.status_code == 200 and r.text == "Hello Hono on Deno!"
 
 
+def test_deno_json_start_task_is_the_command(daemon, name):
+    """No command given: deno.json's `tasks.start` is the command, as `deno task start`
+    would run it."""
+    project = deploy_ok(daemon, name, app_files("deno-command"))
+    assert project["runtime"] == "command" and project["command"] is None
+    assert daemon.get(f"/{name}/").text == "Hello Hono on Deno!"
+
+
 WSGI_APP = '''
 import time
 

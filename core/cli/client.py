@@ -128,7 +128,7 @@ def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
     for item in values or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ClientError(f"--{what} expects KEY=VALUE, got {item.split('=')[0]!r}")
+            raise ClientError(f"--{what} expects KEY=VALUE, got {item.split('=')[0]!r}", EXIT_USAGE)
         result[key] = value
     return result
 
@@ -337,7 +337,7 @@ def cmd_deploy(args: argparse.Namespace) -> dict:
     folder = Path(target).expanduser()
     is_folder = folder.is_dir()
     if not is_folder and not _is_git_url(target):
-        raise ClientError(f"{target!r} is neither a folder nor a git URL (https://...)")
+        raise ClientError(f"{target!r} is neither a folder nor a git URL (https://...)", EXIT_USAGE)
     if is_folder:
         folder = folder.resolve()
     name = args.name or default_name(target, folder if is_folder else None)
@@ -360,7 +360,7 @@ def cmd_deploy(args: argparse.Namespace) -> dict:
     manifest = {k: v for k, v in manifest.items() if v is not None}
     if is_folder:
         if args.ref:
-            raise ClientError("--ref is for git URLs; a folder is deployed as it is on disk")
+            raise ClientError("--ref is for git URLs; a folder is deployed as it is on disk", EXIT_USAGE)
         return _deploy_folder(args, folder, manifest)
     manifest.update(source=target)
     if args.ref:

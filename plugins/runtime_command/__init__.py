@@ -2,9 +2,10 @@
 way Heroku, Dokku and piku run apps (SPEC section 11).
 
 The command is the manifest's or project.json's `command`, else the `web:` line of a
-`Procfile`, else `package.json`'s `scripts.start` (Heroku's order; a tree with either
-is autodetected right after a Dockerfile, so an Express or Fastify app deploys as its
-tutorial wrote it; a Node handler project with a start script sets `runtime: node`). Before it runs, the project's
+`Procfile`, else `package.json`'s `scripts.start` (Heroku's order), else `deno.json`'s
+`tasks.start`. A tree with any of them is autodetected right after a Dockerfile, so an
+Express, Fastify or Hono app deploys as its tutorial wrote it; a handler project with
+such a script sets its runtime (`node`, `deno`) explicitly. Before it runs, the project's
 dependencies are installed as its toolchain's runtime installs them: `package.json` with
 the pinned npm (cached node_modules linked into a copy of the tree, which becomes the
 working directory), `requirements.txt` into a venv of the project's own, `deno.json`'s
@@ -79,25 +80,37 @@ def runtime_detect(tree: Path) -> Detection | None:
     procfile = tree / "Procfile"
     if procfile.is_file() and not procfile.is_symlink():
         return Detection(runtime=NAME, entry=None)
-    if npm_start(tree) is not None:
+    if npm_start(tree) is not None or deno_start(tree) is not None:
         return Detection(runtime=NAME, entry=None)
     return None
 
 
-def npm_start(tree: Path) -> str | None:
-    """`scripts.start` of the tree's package.json, or None (absent, not a string, or the
-    file is no JSON object: then the node runtime's own checks speak)."""
-    package = tree / "package.json"
-    if not package.is_file() or package.is_symlink() or package.stat().st_size > 1024 * 1024:
-        return None
+def _json_object(path: Path) -> dict:
+    """A small JSON object file of the tree, or {} (absent, a link, too big, not JSON)."""
+    if not path.is_file() or path.is_symlink() or path.stat().st_size > 1024 * 1024:
+        return {}
     try:
-        scripts = json.loads(package.read_bytes()).get("scripts")
-    except (ValueError, AttributeError):
-        return None
-    start = scripts.get("start") if isinstance(scripts, dict) else None
-    if not isinstance(start, str) or not start.strip():
-        return None
-    return start.strip()
+        value = json.loads(path.read_bytes())
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _script(table: object, key: str) -> str | None:
+    value = table.get(key) if isinstance(table, dict) else None
+    if isinstance(value, dict):  # Deno 2's long form: {"command": "...", "description": ...}
+        value = value.get("command")
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def npm_start(tree: Path) -> str | None:
+    """`scripts.start` of the tree's package.json, or None."""
+    return _script(_json_object(tree / "package.json").get("scripts"), "start")
+
+
+def deno_start(tree: Path) -> str | None:
+    """`tasks.start` of the tree's deno.json, or None."""
+    return _script(_json_object(tree / "deno.json").get("tasks"), "start")
 
 
 def procfile_web(tree: Path) -> str | None:
@@ -185,11 +198,11 @@ def _deno_cache(ctx: BuildContext) -> Path | None:
 
 @hookimpl
 def runtime_build(runtime: str, ctx: BuildContext) -> plugin.BuildReport:
-    command = getattr(ctx, "command", None) or procfile_web(ctx.tree) or npm_start(ctx.tree)
+    command = getattr(ctx, "command", None) or procfile_web(ctx.tree) or npm_start(ctx.tree) or deno_start(ctx.tree)
     if command is None:
         raise DeployFailed(
             "the command runtime needs a command: `command` in the manifest or project.json, "
-            "a Procfile with a `web:` line, or a `start` script in package.json"
+            "a Procfile with a `web:` line, or a `start` script in package.json or deno.json"
         )
     (ctx.build_dir / COMMAND_FILE).write_text(check_command(command) + "\n")
     reports = []  # what each installer put in place (SPEC 12)
