@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar import Response, get
 from litestar.response import Stream
 
@@ -34,7 +36,7 @@ OUTPUT_FILES = ("build.log", "app.log")
 
 
 @get("/_admin/", sync_to_thread=False, include_in_schema=False)
-def admin_page(daemon: Daemon) -> Response:
+def admin_page(daemon: NamedDependency[Daemon]) -> Response:
     """The dashboard's shell (at `/_admin` too: Litestar ignores a trailing slash);
     admin.js fills it in once the operator gives the token."""
     return viewer.html_response(dashboard_html(daemon.tee_mode))
@@ -118,7 +120,7 @@ def dashboard_html(tee: str) -> str:
     sync_to_thread=False,
     operation_class=documented(answer=shapes.Versions, refusals=NAMED_REFUSALS),
 )
-def list_versions(daemon: Daemon, name: str) -> dict[str, Any]:
+def list_versions(daemon: NamedDependency[Daemon], name: FromPath[str]) -> dict[str, Any]:
     """The kept versions, newest first, with what each ran and whether it serves."""
     project = daemon.deployer.projects.get(name)
     if project is None:
@@ -153,7 +155,7 @@ def list_versions(daemon: Daemon, name: str) -> dict[str, Any]:
     **ADMIN,
     operation_class=documented(text="text/plain", refusals={**ADMIN_REFUSALS, 400: "not a valid project name"}),
 )
-async def deploy_output(daemon: Daemon, name: str) -> Stream:
+async def deploy_output(daemon: NamedDependency[Daemon], name: FromPath[str]) -> Stream:
     """What the project's build steps and runs write from now on, as it is written.
 
     A client opens this before it sends a deploy and reads until the deploy answers

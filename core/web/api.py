@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import msgspec
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import UploadFile
@@ -129,12 +131,12 @@ class DaemonAPI(Controller):
     tags = ["daemon"]
 
     @get("/health", sync_to_thread=False, operation_class=documented(answer=shapes.Health))
-    def health(self, daemon: Daemon) -> dict[str, str]:
+    def health(self, daemon: NamedDependency[Daemon]) -> dict[str, str]:
         """The daemon is up; `tee` says whether the TEE behind it is real."""
         return {"status": "ok", "tee": daemon.tee_mode}
 
     @get("/substrate", sync_to_thread=False, operation_class=documented(answer=shapes.Substrate))
-    def substrate(self, daemon: Daemon) -> dict[str, Any]:
+    def substrate(self, daemon: NamedDependency[Daemon]) -> dict[str, Any]:
         """What the daemon runs on: version, backend, runtimes, TEE, isolation, log."""
         return daemon.substrate()
 
@@ -144,7 +146,7 @@ class DaemonAPI(Controller):
         sync_to_thread=True,
         operation_class=documented(text="text/plain", refusals=ADMIN_REFUSALS),
     )
-    def metrics(self, daemon: Daemon) -> Response:
+    def metrics(self, daemon: NamedDependency[Daemon]) -> Response:
         """Prometheus metrics: requests, latencies, deploys, restarts, memory per project."""
         return Response(
             daemon.metrics.render(dict(daemon.routes)),
@@ -164,7 +166,7 @@ class ProjectsAPI(Controller):
         sync_to_thread=False,
         operation_class=documented(answer=shapes.ProjectInfo, refusals={404: "no attested project of that name"}),
     )
-    def get_project(self, daemon: Daemon, admin: bool, name: str) -> dict[str, Any]:
+    def get_project(self, daemon: NamedDependency[Daemon], admin: NamedDependency[bool], name: FromPath[str]) -> dict[str, Any]:
         """One attested project's manifest (dev ones too with the admin token)."""
         answer = {**describe(daemon, visible_project(daemon, name, admin)), "tee": daemon.tee_mode}
         if admin:
@@ -175,7 +177,7 @@ class ProjectsAPI(Controller):
 
 
     @get("/", **ADMIN, sync_to_thread=False, operation_class=documented(answer=shapes.ProjectList, refusals=ADMIN_REFUSALS))
-    def list_projects(self, daemon: Daemon) -> dict[str, Any]:
+    def list_projects(self, daemon: NamedDependency[Daemon]) -> dict[str, Any]:
         """Every project, dev and attested."""
         return listing(daemon, admin=True)
 
@@ -200,7 +202,7 @@ class ProjectsAPI(Controller):
             },
         ),
     )
-    async def create_project(self, daemon: Daemon, request: Request) -> dict[str, Any]:
+    async def create_project(self, daemon: NamedDependency[Daemon], request: Request) -> dict[str, Any]:
         """Deploy a new version from a git source (JSON) or a tarball (multipart); answers
         once it serves."""
         # The app-wide request_max_body_size (set from max_upload_bytes) bounds the body.
@@ -226,7 +228,7 @@ class ProjectsAPI(Controller):
         status_code=HTTP_200_OK,
         operation_class=documented(answer=shapes.ProjectInfo, refusals={**NAMED_REFUSALS, 503: "the log cannot record it"}),
     )
-    async def promote(self, daemon: Daemon, name: str) -> dict[str, Any]:
+    async def promote(self, daemon: NamedDependency[Daemon], name: FromPath[str]) -> dict[str, Any]:
         """Make the project attested: its versions are logged from now on."""
         with counted(daemon, name, "promote"):
             project = await daemon.deployer.promote(name)
@@ -238,7 +240,7 @@ class ProjectsAPI(Controller):
         status_code=HTTP_200_OK,
         operation_class=documented(answer=shapes.ProjectInfo, refusals={**NAMED_REFUSALS, 422: "the build failed"}),
     )
-    async def redeploy(self, daemon: Daemon, name: str) -> dict[str, Any]:
+    async def redeploy(self, daemon: NamedDependency[Daemon], name: FromPath[str]) -> dict[str, Any]:
         """Fetch the project's source again; a new version only if it changed (`changed`)."""
         with counted(daemon, name, "redeploy"):
             project, changed = await daemon.deployer.redeploy(name)
@@ -256,7 +258,7 @@ class ProjectsAPI(Controller):
             refusals={**NAMED_REFUSALS, 400: "no such kept version", 422: "it did not start"},
         ),
     )
-    async def rollback(self, daemon: Daemon, request: Request, name: str) -> dict[str, Any]:
+    async def rollback(self, daemon: NamedDependency[Daemon], request: Request, name: FromPath[str]) -> dict[str, Any]:
         """Serve a kept version again (default: the one before the current)."""
         body = await _read_body(request, 64 * 1024)
         wanted = _decode(body, shapes.RollbackRequest, "request body") if body.strip() else shapes.RollbackRequest()
@@ -265,7 +267,7 @@ class ProjectsAPI(Controller):
         return describe(daemon, project)
 
     @delete("/{name:str}", **ADMIN, status_code=HTTP_200_OK, operation_class=documented(answer=shapes.Deleted, refusals=NAMED_REFUSALS))
-    async def delete_project(self, daemon: Daemon, name: str) -> dict[str, Any]:
+    async def delete_project(self, daemon: NamedDependency[Daemon], name: FromPath[str]) -> dict[str, Any]:
         """Stop the project and remove its versions and data."""
         with counted(daemon, name, "delete"):
             await daemon.deployer.delete(name)
@@ -276,7 +278,7 @@ class ProjectsAPI(Controller):
         **ADMIN,
         operation_class=documented(text="text/plain", refusals={**NAMED_REFUSALS, 400: "'lines' below zero"}),
     )
-    async def project_logs(self, daemon: Daemon, name: str, follow: bool = False, lines: int | None = None) -> Any:
+    async def project_logs(self, daemon: NamedDependency[Daemon], name: FromPath[str], follow: FromQuery[bool] = False, lines: FromQuery[int | None] = None) -> Any:
         """The project's stdout/stderr; `?follow=1` keeps streaming new output."""
         if name not in daemon.deployer.projects:
             raise NotFound(f"no project named {name!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from litestar.di import NamedDependency
 from litestar import Litestar, Request, Response, get
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
@@ -30,7 +31,7 @@ MiB = 2**20
 
 
 @get("/", sync_to_thread=False, include_in_schema=True, operation_class=documented(answer=shapes.ProjectList))
-def root(request: Request, daemon: Daemon, admin: bool) -> Response:
+def root(request: Request, daemon: NamedDependency[Daemon], admin: NamedDependency[bool]) -> Response:
     """The attested projects as JSON (dev ones too for the admin), or the viewer page
     for browsers."""
     if viewer.wants_html(request):

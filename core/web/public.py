@@ -12,6 +12,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar import Controller, Request, Response, get
 
 from tee_daemon.daemon import Daemon
@@ -81,7 +83,7 @@ class AttestationAPI(Controller):
     # -- per project -------------------------------------------------------------------
 
     @get("/projects/{name:str}/audit", sync_to_thread=False, operation_class=documented(answer=shapes.Audit, refusals=NAMED))
-    def audit(self, daemon: Daemon, name: str) -> dict[str, Any]:
+    def audit(self, daemon: NamedDependency[Daemon], name: FromPath[str]) -> dict[str, Any]:
         """The project's log entries with inclusion proofs, and the signed checkpoint."""
         attested_project(daemon, name)
         return daemon.journal.audit(name)
@@ -90,7 +92,7 @@ class AttestationAPI(Controller):
         "/attest/{name:str}",
         operation_class=documented(answer=shapes.Attestation, refusals={**NAMED, 400: "the nonce is not hex"}, query=NONCE),
     )
-    async def attest(self, daemon: Daemon, request: Request, name: str) -> dict[str, Any]:
+    async def attest(self, daemon: NamedDependency[Daemon], request: Request, name: FromPath[str]) -> dict[str, Any]:
         """`{quote, event_log, report_data_preimage, tee, checkpoint}`; `?nonce=HEX` for a fresh quote."""
         project = attested_project(daemon, name)
         return await daemon.journal.attestation(project, _nonce(request))
@@ -99,7 +101,7 @@ class AttestationAPI(Controller):
         "/verification/{name:str}",
         operation_class=documented(answer=shapes.Verification, refusals={**NAMED, 400: "the nonce is not hex"}, query=NONCE),
     )
-    async def verification(self, daemon: Daemon, request: Request, name: str) -> Response:
+    async def verification(self, daemon: NamedDependency[Daemon], request: Request, name: FromPath[str]) -> Response:
         """Everything a verifier needs in one answer; `Accept: text/html` gives the human page."""
         if _wants_html(request):
             attested_project(daemon, name)
@@ -117,7 +119,7 @@ class AttestationAPI(Controller):
     # -- the whole log -----------------------------------------------------------------
 
     @get("/log/checkpoint", sync_to_thread=False, operation_class=documented(answer=shapes.Checkpoint, refusals=LOG))
-    def log_checkpoint(self, daemon: Daemon) -> dict[str, Any]:
+    def log_checkpoint(self, daemon: NamedDependency[Daemon]) -> dict[str, Any]:
         """The current signed checkpoint of the whole log."""
         return daemon.journal.checkpoint()
 
@@ -130,7 +132,7 @@ class AttestationAPI(Controller):
             query={"from": ("integer", "the older log size (required)"), "to": ("integer", "the newer size (default: now)")},
         ),
     )
-    def log_consistency(self, daemon: Daemon, request: Request) -> dict[str, Any]:
+    def log_consistency(self, daemon: NamedDependency[Daemon], request: Request) -> dict[str, Any]:
         """An RFC 6962 consistency proof between log sizes `from` and `to` (default: now)."""
         journal = daemon.journal
         m = _int_param(request, "from")
@@ -148,6 +150,6 @@ class AttestationAPI(Controller):
             query={"start": ("integer", "the first index (default 0)"), "end": ("integer", "past the last (at most 1000)")},
         ),
     )
-    def log_entries(self, daemon: Daemon, request: Request) -> dict[str, Any]:
+    def log_entries(self, daemon: NamedDependency[Daemon], request: Request) -> dict[str, Any]:
         """The log's leaves in index order, `start` (default 0) to `end` (exclusive), ≤ 1000."""
         return daemon.journal.entries(_int_param(request, "start") or 0, _int_param(request, "end"))

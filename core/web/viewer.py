@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
+from litestar.params import FromPath
 from litestar import Request, Response, get
 
 from tee_daemon import __version__
@@ -64,7 +65,7 @@ def asset_url(name: str) -> str:
 
 
 @get("/_api/assets/{file:str}", sync_to_thread=False, include_in_schema=False)
-def asset(file: str) -> Response:
+def asset(file: FromPath[str]) -> Response:
     found = ASSETS.get(file)
     if found is None:
         from tee_daemon.kernel.errors import NotFound
