@@ -9,6 +9,8 @@ deleted project left behind anywhere can never become another project's.
 
 from __future__ import annotations
 
+import hashlib
+
 import threading
 from pathlib import Path
 
@@ -54,3 +56,13 @@ class Identities:
         with self._lock:
             if self._records.projects.pop(project, None) is not None:
                 atomic_write(self.path, msgspec.json.encode(self._records), mode=0o600)
+
+
+def daemon_id_of(projects_dir: Path, override: str | None) -> str:
+    """A short id of this daemon, stable across restarts: the operator's
+    TEE_DAEMON_DOCKER_ID (several daemons on one container engine), else a hash of the
+    projects folder. Deploy contexts and the container executor's labels both use it."""
+    chosen = (override or "").strip().lower()
+    if chosen:
+        return "".join(c for c in chosen if c.isalnum())[:16] or "x"
+    return hashlib.sha256(str(projects_dir.resolve()).encode()).hexdigest()[:10]

@@ -11,7 +11,6 @@ deletes of one name are serialized by a per-name lock.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import shutil
@@ -36,6 +35,7 @@ from tee_daemon.web.ingress import Route
 from tee_daemon.kernel.contract import BuildContext, Folders, StartContext
 from tee_daemon.settings import Settings
 from tee_daemon.state.store import Store
+from tee_daemon.run.identity import daemon_id_of
 from tee_daemon.run.tenancy import Tenancy, Tenant
 
 log = logging.getLogger("tee_daemon.state.deploy")
@@ -400,12 +400,23 @@ class Deployer:
         kept.sort(key=lambda v: v.version)
         return _keep_last(kept, version.version, self.settings.versions_kept)
 
-    def _plugin_facts(self, name: str, version: Version, tenant: Tenant) -> dict:
-        """The context fields both kinds share: what a plugin would otherwise work out
-        from core's disk layout or the daemon's environment."""
+    def _shared_fields(self, name: str, version: Version, tenant: Tenant) -> dict:
+        """The fields build and start contexts share: the version itself, and what a
+        plugin would otherwise work out from core's disk layout or the environment."""
+        vdir = self.store.version_dir(name, version.version)
         # While a deploy builds and starts, self.projects still holds the previous record.
         kept = self._kept_after(self.projects.get(name), version)
         return dict(
+            project=name,
+            version=version.version,
+            runtime=version.runtime,
+            entry=version.entry,
+            tree=vdir / "tree",
+            build_dir=vdir / "build",
+            identity=tenant.identity,
+            command=version.command,
+            image=version.image,
+            port=version.port,
             kept_versions=tuple(v.version for v in kept),
             folders=Folders(
                 project_dir=self.store.project_dir(name),
@@ -418,60 +429,33 @@ class Deployer:
         )
 
     def _build_context(self, name: str, version: Version) -> BuildContext:
-        vdir = self.store.version_dir(name, version.version)
         tenant = self.tenancy.tenant(name)
         return BuildContext(
-            project=name,
-            version=version.version,
-            runtime=version.runtime,
-            entry=version.entry,
-            tree=vdir / "tree",
-            build_dir=vdir / "build",
             cache_dir=tenant.cache_dir / version.runtime,  # The project's own, never shared.
             env=dict(version.env),
             allow_lifecycle_scripts=self.settings.allow_lifecycle_scripts,
             log_path=self.store.logs_dir(name) / "build.log",
-            identity=tenant.identity,
             build_timeout=self.settings.build_timeout,
-            command=version.command,
-            image=version.image,
-            port=version.port,
-            **self._plugin_facts(name, version, tenant),
+            **self._shared_fields(name, version, tenant),
         )
 
     def _start_context(self, name: str, version: Version) -> StartContext:
-        vdir = self.store.version_dir(name, version.version)
         run_dir = self.store.run_dir / f"{name}.{version.version}.{time.monotonic_ns() % 10**8}"
         run_dir.mkdir(mode=0o700, parents=True)
         tenant = self.tenancy.tenant(name)
         return StartContext(
-            project=name,
-            version=version.version,
-            runtime=version.runtime,
-            entry=version.entry,
-            tree=vdir / "tree",
-            build_dir=vdir / "build",
             data_dir=tenant.data_dir,
             run_dir=run_dir,
             log_path=self.store.logs_dir(name) / "app.log",
             env={**version.env, **version.secrets},
-            identity=tenant.identity,
             tmp_dir=tenant.tmp_dir,
-            command=version.command,
-            image=version.image,
-            port=version.port,
-            **self._plugin_facts(name, version, tenant),
+            **self._shared_fields(name, version, tenant),
         )
 
 
 def daemon_id(settings: Settings, store: Store) -> str:
-    """A short id of this daemon, stable across restarts: the operator's
-    TEE_DAEMON_DOCKER_ID (several daemons on one container engine), else a hash of the
-    projects folder (the same id the container executor labels its resources with)."""
-    override = (settings.docker_id or "").strip().lower()
-    if override:
-        return "".join(c for c in override if c.isalnum())[:16] or "x"
-    return hashlib.sha256(str(store.projects_dir.resolve()).encode()).hexdigest()[:10]
+    """The id the container executor labels this daemon's resources with."""
+    return daemon_id_of(store.projects_dir, settings.docker_id)
 
 
 def _keep_last(versions: list[Version], current: int, count: int) -> list[Version]:

@@ -14,7 +14,6 @@ is assembled); nothing here reads the daemon's environment but DOCKER_HOST (dock
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import msgspec
 
 from tee_daemon.run.logfiles import log_line  # noqa: F401  (used by instance, watch)
 from tee_daemon.kernel.errors import DeployFailed, UserError
+from tee_daemon.run.identity import daemon_id_of
 
 LABEL_DAEMON = "tee-daemon.daemon"
 LABEL_PROJECT = "tee-daemon.project"
@@ -197,10 +197,7 @@ def projects_dir_of(ctx) -> Path:
 
 def daemon_id(projects_dir: Path) -> str:
     """This daemon's id on a shared engine: TEE_DAEMON_DOCKER_ID, else a data-dir hash."""
-    override = (_config.daemon_id or "").strip().lower()
-    if override:
-        return "".join(c for c in override if c.isalnum())[:16] or "x"
-    return hashlib.sha256(str(projects_dir.resolve()).encode()).hexdigest()[:10]
+    return daemon_id_of(projects_dir, _config.daemon_id)
 
 
 def network_name(did: str, project: str, internal: bool = False) -> str:
