@@ -23,7 +23,7 @@ from tee_daemon.state.store import Store
 from tee_daemon.trust.tee import Tee, connect_tee
 from tee_daemon.web.accesslog import AccessLog
 from tee_daemon.web.auth import load_or_create_token
-from tee_daemon.web.ingress import Route
+from tee_daemon.kernel.routes import RouteTable
 from tee_daemon.web.metrics import Metrics
 from tee_daemon.web.origins import Origins
 
@@ -45,7 +45,7 @@ class Daemon:
         self.tenancy = Tenancy(settings, self.store)
         # The front door's parts: the live routes (switched by the deployer), the
         # counters, the host policy and what the proxies forward under.
-        self.routes: dict[str, Route] = {}
+        self.routes = RouteTable()
         self.metrics = Metrics(access_log=AccessLog(settings.data_dir / "logs" / "access.log"))
         self.origins = Origins(settings)
         self.proxy_limits = ProxyLimits(settings.max_request_body, settings.trusted_proxies)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from tee_daemon.web.accesslog import AccessLog
 from tee_daemon.proxy.forward import proxy_to
-from tee_daemon.web.ingress import Ingress, Route
+from tee_daemon.kernel.routes import Route
+from tee_daemon.web.ingress import Ingress
 from tee_daemon.web.metrics import Metrics
 from tee_daemon.kernel.contract import Instance
 

@@ -25,7 +25,8 @@ from tee_daemon.settings import Settings
 from tee_daemon.state.deploy import Deployer
 from tee_daemon.state.models import DeployRequest
 from tee_daemon.state.store import Store
-from tee_daemon.web.ingress import Ingress, Route
+from tee_daemon.kernel.routes import Route, RouteTable
+from tee_daemon.web.ingress import Ingress
 
 
 class FakeInstance(Instance):
@@ -113,7 +114,7 @@ class Pipeline:
         self.settings = Settings(data_dir=data_dir, start_timeout=5.0)
         self.store = Store(data_dir)
         self.registry = Registry(entry_points=False, extra=(runtime,))
-        self.routes: dict[str, Route] = {}
+        self.routes = RouteTable()
         self.deployer = Deployer(
             self.settings, self.store, self.registry, self.routes, tenancy=Tenancy(self.settings, self.store)
         )

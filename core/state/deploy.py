@@ -31,7 +31,7 @@ from tee_daemon.state.models import (
     DeployRequest, Project, Version, check_command, check_entry, check_env, check_image, check_name, check_port,
 )  # fmt: skip
 from tee_daemon.kernel.registry import Registry
-from tee_daemon.web.ingress import Route
+from tee_daemon.kernel.routes import Route, RouteTable
 from tee_daemon.kernel.contract import BuildContext, Folders, StartContext
 from tee_daemon.settings import Settings
 from tee_daemon.state.store import Store
@@ -69,7 +69,7 @@ class Deployer:
         settings: Settings,
         store: Store,
         registry: Registry,
-        routes: dict[str, Route],
+        routes: RouteTable,
         *,
         tenancy: Tenancy,
         journal: ChangeRecorder | None = None,  # None: no project can be attested
@@ -104,8 +104,7 @@ class Deployer:
         await asyncio.gather(*(restore_one(p) for p in self.projects.values()))
 
     async def shutdown(self) -> None:
-        routes = list(self.routes.values())
-        self.routes.clear()
+        routes = await self.routes.drop_all()
         await asyncio.gather(*(r.instance.detach() for r in routes), return_exceptions=True)
         # Replaced instances still draining: stop them now rather than after the drain.
         for task in list(self._retiring):
@@ -194,7 +193,7 @@ class Deployer:
             if project.mode == "attested" and self.journal:
                 self.journal.check_writable()
                 self.journal.record("delete", project)
-            route = self.routes.pop(name, None)
+            route = await self.routes.drop(name)  # every worker has let go of it
             del self.projects[name]
             if route:
                 await self._stop(route)
@@ -349,7 +348,7 @@ class Deployer:
             raise
         self.projects[name] = project
         old_route = self.routes.get(name)
-        self.routes[name] = new_route
+        await self.routes.switch(name, new_route)  # once it returns, every worker has it
         if old_route is None:
             self.store.prune_versions(project)
         else:
@@ -362,7 +361,7 @@ class Deployer:
         """Drain and stop a replaced instance, then drop the versions no longer kept
         (only now: requests still in flight may read the old version's files)."""
         try:
-            await route.drained(DRAIN_TIMEOUT)
+            await self.routes.drained(name, route, DRAIN_TIMEOUT)
         finally:  # Also when cut short by a shutdown.
             await self._stop(route)
         project = self.projects.get(name)
@@ -370,7 +369,7 @@ class Deployer:
             self.store.prune_versions(project, deploying=True)
 
     async def _start_and_switch(self, name: str, version: Version) -> None:
-        self.routes[name] = await self._start(name, version)
+        await self.routes.switch(name, await self._start(name, version))
 
     async def _start(self, name: str, version: Version) -> Route:
         ctx = self._start_context(name, version)

@@ -10,47 +10,17 @@ lookup, a dict lookup and a scope copy and nothing else.
 
 from __future__ import annotations
 
-import asyncio
-
 from tee_daemon.kernel.errors import error_answer
 from tee_daemon.proxy.forward import SCOPE_KEY, ProxyLimits
 from tee_daemon.web.metrics import Metrics
 from tee_daemon.web.origins import DAEMON, OTHER, PROJECT, Origins
 from tee_daemon.settings import Settings
-from tee_daemon.kernel.contract import ASGIApp, Instance, Receive, Scope, Send
+from tee_daemon.kernel.contract import ASGIApp, Receive, Scope, Send
+from tee_daemon.kernel.routes import Route
 
 # The daemon's own paths (no project name starts with "_").
 _DAEMON_PREFIXES = ("/_api/", "/_admin/")
 _DAEMON_PATHS = ("/_api", "/_admin")
-
-
-class Route:
-    """A live instance and the number of requests it is serving right now."""
-
-    __slots__ = ("app", "instance", "runtime", "version", "active", "_idle")
-
-    def __init__(self, app: ASGIApp, instance: Instance, runtime: str, version: int) -> None:
-        self.app = app
-        self.instance = instance
-        self.runtime = runtime
-        self.version = version
-        self.active = 0
-        self._idle: asyncio.Event | None = None
-
-    def done(self) -> None:
-        self.active -= 1
-        if self.active == 0 and self._idle is not None:
-            self._idle.set()
-
-    async def drained(self, timeout: float) -> None:
-        """Wait until requests already routed here have finished (bounded)."""
-        if self.active == 0:
-            return
-        self._idle = asyncio.Event()
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            pass
 
 
 class Ingress:
@@ -65,8 +35,12 @@ class Ingress:
         metrics: Metrics | None = None,
         origins: Origins | None = None,
         proxy_limits: ProxyLimits | None = None,
+        defer: ASGIApp | None = None,
     ) -> None:
         self.api = api
+        # In an ingress worker: where a request for a name without a route here goes,
+        # whole (the supervisor, which has every route; web/worker.py).
+        self.defer = defer
         self.routes: dict[str, Route] = routes if routes is not None else {}
         self.metrics = metrics or Metrics()
         self.origins = origins or Origins(Settings())
@@ -97,6 +71,9 @@ class Ingress:
         name, slash, rest = path[1:].partition("/")
         route = self.routes.get(name)
         if route is None:
+            if self.defer is not None:
+                await self.defer(scope, receive, send)
+                return
             self.metrics.unrouted += 1
             await _json_error(send, scope, 404, f"no project named {name!r}")
             return
@@ -133,6 +110,9 @@ class Ingress:
         """A request for `<name>.D`: the whole path is the project's, `/_api/...` too."""
         route = self.routes.get(name)
         if route is None:
+            if self.defer is not None:
+                await self.defer(scope, receive, send)
+                return
             self.metrics.unrouted += 1
             await _json_error(send, scope, 404, f"no project named {name!r}")
             return
