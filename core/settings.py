@@ -60,6 +60,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Addresses of proxies in front of the daemon (a TLS gateway) to take
     # X-Forwarded-Proto/-Host from; comma-separated in the environment.
     trusted_proxies: frozenset[str] = frozenset()
+    # Ingress worker processes serving project traffic beside the one supervisor (which
+    # owns deploys, project processes, the log and the TEE); 0: one per core.
+    workers: int = 0
     # Seconds a connection has to send a complete request head (SPEC section 10).
     header_timeout: float = 10.0
     # Origins (SPEC section 10): where clients reach the daemon (URLs in answers are built
@@ -118,6 +121,7 @@ _ENV_FIELDS: dict[str, tuple[str, type]] = {
     "TEE_DAEMON_TOKEN": ("token", str),
     "TEE_DAEMON_TRUSTED_PROXIES": ("trusted_proxies", frozenset),
     "TEE_DAEMON_HEADER_TIMEOUT": ("header_timeout", float),
+    "TEE_DAEMON_WORKERS": ("workers", int),
     "TEE_DAEMON_PUBLIC_URL": ("public_url", str),
     "TEE_DAEMON_BASE_DOMAIN": ("base_domain", str),
     "TEE_DAEMON_ALLOWED_HOSTS": ("allowed_hosts", frozenset),
@@ -180,6 +184,10 @@ def load_settings(overrides: dict[str, object] | None = None, environ=os.environ
     if float(values.get("project_cpus", 1.0)) <= 0:  # type: ignore[arg-type]
         raise SystemExit("tee-daemon: TEE_DAEMON_PROJECT_CPUS must be more than 0")
     _check_origins(values)
+    if int(values.get("workers", 0)) < 0:  # type: ignore[call-overload]
+        raise SystemExit("tee-daemon: --workers / TEE_DAEMON_WORKERS must be 0 (one per core) or more")
+    if not values.get("workers"):
+        values["workers"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if float(values.get("header_timeout", 10.0)) <= 0:  # type: ignore[arg-type]
         raise SystemExit("tee-daemon: TEE_DAEMON_HEADER_TIMEOUT must be more than 0")
     return Settings(**values)  # type: ignore[arg-type]

@@ -267,9 +267,9 @@ class _Pool:
             conn.close()
         return None
 
-    def watch(self, conn: _Conn, now: float) -> None:
+    def watch(self, conn: _Conn, now: float, timeout: float) -> None:
         """Time out the response head without a timer per request: one sweep a second."""
-        conn.deadline = now + HEAD_TIMEOUT
+        conn.deadline = now + timeout
         self.waiting.add(conn)
         if not self.sweeping:
             self.sweeping = True
@@ -493,6 +493,9 @@ class Proxy:
     """The ASGI callable for one upstream."""
 
     __slots__ = ("upstream", "pool", "max_body", "__weakref__")
+    # What a subclass may change (web/worker.py's pass-through to the supervisor).
+    head_timeout = HEAD_TIMEOUT
+    unreachable = "the project is not reachable (its process is down or starting)"
 
     def __init__(self, upstream: Upstream, max_body: int | None = None) -> None:
         if not isinstance(upstream, str):
@@ -505,12 +508,21 @@ class Proxy:
         """Close idle pooled connections (requests in flight finish on their own)."""
         self.pool.close()
 
+    def request_headers(self, scope: Scope, drop: frozenset[bytes]) -> tuple[list[bytes], bytes | None, bool]:
+        """The header lines for the upstream, the request's content-length, chunked."""
+        return _forward_headers(scope, drop)
+
+    def ingress_spec(self) -> tuple[str, list]:
+        """How an ingress worker builds this same proxy (kernel/routes.py)."""
+        upstream = self.upstream if isinstance(self.upstream, str) else list(self.upstream)
+        return "tee_daemon.proxy.forward:proxy_to", [upstream, self.max_body]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "websocket":
                 await self.websocket(scope, receive, send)
             return
-        lines, length, chunked = _forward_headers(scope, _DROP_REQUEST)
+        lines, length, chunked = self.request_headers(scope, _DROP_REQUEST)
         method: str = scope["method"]
         max_body = self.max_body if self.max_body is not None else limits_of(scope).max_request_body
         first = b""
@@ -558,7 +570,7 @@ class Proxy:
                     conn = await pool.connect()
                 except (OSError, asyncio.TimeoutError) as exc:
                     log.debug("upstream %s unreachable: %s", self.upstream, exc)
-                    await _json(send, 502, "the project is not reachable (its process is down or starting)", scope)
+                    await _json(send, 502, self.unreachable, scope)
                     return
             conn.started = False
             state = None
@@ -570,7 +582,7 @@ class Proxy:
                     uploader = asyncio.ensure_future(_upload(conn, state, first, receive, max_body, upload_chunked))
                 else:
                     conn.transport.write(request_head + first if first else request_head)  # type: ignore[union-attr]
-                pool.watch(conn, now)
+                pool.watch(conn, now, self.head_timeout)
                 done = await self._respond(conn, send, head_only, state)
             except _UpstreamError as exc:
                 pool.waiting.discard(conn)
@@ -686,7 +698,7 @@ class Proxy:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        lines, _, _ = _forward_headers(scope, _DROP_WS_REQUEST)
+        lines, _, _ = self.request_headers(scope, _DROP_WS_REQUEST)
         lines = [line for line in lines if not line.startswith(b"sec-websocket-protocol:")]
         protocols = scope.get("subprotocols") or []
         if protocols:
@@ -749,7 +761,7 @@ class Proxy:
             conn.close()
 
 
-def proxy_to(upstream: Upstream, *, max_body: int | None = None) -> ASGIApp:
+def proxy_to(upstream: Upstream, max_body: int | None = None) -> ASGIApp:
     """The ASGI callable forwarding to `upstream` (a unix socket path or (host, port))."""
     return Proxy(upstream, max_body)
 
