@@ -27,6 +27,41 @@ def test_garbage_heads_are_upstream_errors(head):
         proxy._parse_head(head)
 
 
+HEADS = [
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close, x-drop\r\nX-Drop: 1\r\nX-Keep: 2",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\nClear-Site-Data: *\r\nX-Keep: 2",
+    b"HTTP/1.0 204 No Content\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\nX-Keep: 2",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\nX-Keep: 2",
+]
+
+
+def test_lines_seen_before_parse_as_the_first_time():
+    seen: dict = {}
+    for head in HEADS * 2:  # the second round comes from `seen`
+        assert proxy._parse_head(head, seen) == proxy._parse_head(head)
+    assert seen  # the lines were kept
+
+
+@pytest.mark.parametrize(
+    "line", [b"X-Bad: a\x01b", b"Bad Name: x", b"Content-Length: ten", b"Content-Length: 3"]
+)
+def test_a_refused_head_is_refused_every_time(line):
+    seen: dict = {}
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + line  # the last: conflicting lengths
+    for _ in range(2):
+        with pytest.raises(proxy._UpstreamError):
+            proxy._parse_head(head, seen)
+    assert (line in seen) == (line == b"Content-Length: 3")  # a bad line is never kept
+
+
+def test_seen_lines_are_bounded():
+    seen: dict = {}
+    for i in range(3 * proxy._SEEN_LINES):
+        proxy._parse_head(b"HTTP/1.1 200 OK\r\nX-N: %d\r\nX-Long: " % i + b"v" * proxy._SEEN_LINE_MAX, seen)
+    assert len(seen) <= proxy._SEEN_LINES
+    assert all(len(line) <= proxy._SEEN_LINE_MAX for line in seen)
+
+
 def test_read_head_finds_either_terminator():
     class Conn:
         def __init__(self, data: bytes) -> None:

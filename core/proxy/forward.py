@@ -249,13 +249,14 @@ class _Conn(asyncio.Protocol):
 
 
 class _Pool:
-    __slots__ = ("upstream", "idle", "waiting", "sweeping")
+    __slots__ = ("upstream", "idle", "waiting", "sweeping", "seen_lines")
 
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
         self.idle: list[_Conn] = []
         self.waiting: set[_Conn] = set()  # connections awaiting a response head
         self.sweeping = False
+        self.seen_lines: dict[bytes, tuple[int, tuple[bytes, bytes] | None]] = {}  # see _parse_head
 
     def take_idle(self, now: float) -> _Conn | None:
         idle = self.idle
@@ -416,53 +417,90 @@ def _valid_header(name: bytes, value: bytes) -> bool:
     return bool(_TOKEN.fullmatch(name)) and not _BAD_VALUE.search(value)
 
 
-def _parse_head(head: bytes) -> tuple[int, list[tuple[bytes, bytes]], int | None, bool, bool]:
-    """(status, headers, content-length, chunked, keep-alive) of a response head."""
+# What one response header line is to the proxy (see _header_line).
+_FIELD, _LENGTH, _CHUNKED, _CONNECTION, _SKIP = range(5)
+# A project's server sends the same few header lines on every response: each upstream
+# keeps the ones it has checked (short lines only, a bounded number), so a response
+# costs a dict lookup per line instead of a split, two strips and two regex scans.
+_SEEN_LINES = 256
+_SEEN_LINE_MAX = 256
+
+
+def _header_line(line: bytes) -> tuple[int, tuple[bytes, bytes] | None]:
+    """(what the line is, its (name, value)) for a line of a response head; raises on a
+    header the front server would refuse."""
+    name, sep, value = line.partition(b":")
+    if not sep:
+        return _SKIP, None
+    name = name.strip().lower()
+    value = value.strip()
+    if not _valid_header(name, value):
+        # The front server refuses such headers with a 500; they are the project's fault.
+        raise _UpstreamError(f"bad response header {line[:80]!r}")
+    if name in _HOP_BY_HOP:
+        kind = _CHUNKED if name == b"transfer-encoding" else _CONNECTION if name == b"connection" else _SKIP
+    elif name == b"content-length":
+        if not value.isdigit():  # A project's garbage must become a 502, not a 500.
+            raise _UpstreamError(f"bad content-length {value[:40]!r}")
+        kind = _LENGTH
+    elif name in _DROP_RESPONSE:
+        kind = _SKIP
+    else:
+        kind = _FIELD
+    return kind, (name, value)
+
+
+def _parse_head(
+    head: bytes, seen: dict[bytes, tuple[int, tuple[bytes, bytes] | None]] | None = None
+) -> tuple[int, list[tuple[bytes, bytes]], int | None, bool, bool]:
+    """(status, headers, content-length, chunked, keep-alive) of a response head;
+    `seen` holds the lines already checked on this upstream (`_header_line`)."""
     # Lines end in CRLF; a bare LF is accepted too (RFC 9112 section 2.2), as CGI
-    # programs behind a project's server sometimes send it. Values are stripped below.
+    # programs behind a project's server sometimes send it. Values are stripped.
     lines = head.split(b"\n")
     status_line = lines[0].rstrip(b"\r")
     if not status_line.startswith(b"HTTP/1.") or len(status_line) < 12:
         raise _UpstreamError(f"bad status line {status_line[:80]!r}")
     status = _status(status_line)
     keep_alive = status_line[7:8] == b"1"
+    if seen is None:
+        seen = {}
     headers: list[tuple[bytes, bytes]] = []
     length = None
     chunked = False
     drop_extra: set[bytes] | None = None
     for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep:
+        parsed = seen.get(line)
+        if parsed is None:
+            parsed = _header_line(line)
+            if len(line) <= _SEEN_LINE_MAX:
+                if len(seen) >= _SEEN_LINES:
+                    seen.clear()
+                seen[line] = parsed
+        kind, field = parsed
+        if kind == _FIELD:
+            headers.append(field)  # type: ignore[arg-type]
+        elif kind == _SKIP:
             continue
-        name = name.strip().lower()
-        value = value.strip()
-        if not _valid_header(name, value):
-            # The front server refuses such headers with a 500; they are the project's fault.
-            raise _UpstreamError(f"bad response header {line[:80]!r}")
-        if name in _HOP_BY_HOP:
-            if name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"connection":
-                tokens = {t.strip().lower() for t in value.split(b",")}
-                if b"close" in tokens:
-                    keep_alive = False
-                elif b"keep-alive" in tokens:
-                    keep_alive = True
-                drop_extra = tokens - {b"close", b"keep-alive", b"upgrade"}
-            continue
-        if name == b"content-length":
-            if not value.isdigit():  # A project's garbage must become a 502, not a 500.
-                raise _UpstreamError(f"bad content-length {value[:40]!r}")
+        elif kind == _LENGTH:
+            value = int(field[1])  # type: ignore[index]
             if length is not None:
                 # Two lengths: the client would frame the body by one and we by the other,
                 # so the rest of it would be read as the next response (RFC 9112 6.3).
-                if int(value) != length:
+                if value != length:
                     raise _UpstreamError("conflicting content-length headers")
                 continue
-            length = int(value)
-        elif name in _DROP_RESPONSE:
-            continue
-        headers.append((name, value))
+            length = value
+            headers.append(field)  # type: ignore[arg-type]
+        elif kind == _CHUNKED:
+            chunked = b"chunked" in field[1].lower()  # type: ignore[index]
+        else:  # _CONNECTION
+            tokens = {t.strip().lower() for t in field[1].split(b",")}  # type: ignore[index]
+            if b"close" in tokens:
+                keep_alive = False
+            elif b"keep-alive" in tokens:
+                keep_alive = True
+            drop_extra = tokens - {b"close", b"keep-alive", b"upgrade"}
     if drop_extra:
         headers = [h for h in headers if h[0] not in drop_extra]
     if chunked and length is not None:  # RFC 9112 6.3: chunked wins, drop the length
@@ -635,7 +673,7 @@ class Proxy:
         """Relay the response; True when the connection may be reused."""
         while True:
             head = await _read_head(conn)
-            status, headers, length, chunked, keep_alive = _parse_head(head)
+            status, headers, length, chunked, keep_alive = _parse_head(head, self.pool.seen_lines)
             if 100 <= status < 200 and status != 101:
                 continue  # 100 Continue, 103 Early Hints: not relayed
             break
