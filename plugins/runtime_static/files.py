@@ -62,7 +62,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
 class _File:
     """What serving one file needs, computed once: a version folder never changes."""
 
-    __slots__ = ("real", "size", "mtime", "etag", "headers", "body")
+    __slots__ = ("real", "size", "mtime", "etag", "headers", "whole", "body")
 
     def __init__(self, real: str, st: os.stat_result, body: bytes | None) -> None:
         self.real = real
@@ -78,6 +78,7 @@ class _File:
             (b"cache-control", b"no-cache"),
             (b"x-content-type-options", b"nosniff"),
         ]
+        self.whole = [*self.headers, (b"content-length", str(self.size).encode())]  # a plain 200
 
 
 _PATH_SAFE = "/!$&'()*+,;=:@~"  # sub-delims, ':' and '@' stay as they are in a path
@@ -163,36 +164,45 @@ class StaticFiles:
             await _error(send, 404, "file not found")
 
     async def _send_file(self, scope: Scope, send: Send, f: _File, status: int = 200) -> None:
-        headers = list(f.headers)
-        request = {k.lower(): v for k, v in scope["headers"]}
-        if status == 200 and _not_modified(request, f.etag, f.mtime):
-            await send({"type": "http.response.start", "status": 304, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        start, end = 0, f.size - 1
-        range_header = request.get(b"range")
-        if status == 200 and range_header and _if_range_ok(request, f.etag):
-            wanted = parse_range(range_header.decode("latin-1"), f.size)
-            if wanted == "bad":
-                headers.append((b"content-range", f"bytes */{f.size}".encode()))
-                await send({"type": "http.response.start", "status": 416, "headers": headers})
+        start, length, headers = 0, f.size, f.whole
+        # Only the headers an answer depends on; their names are lower case (ASGI).
+        request = {k: v for k, v in scope["headers"] if k in _CONDITIONS} if status == 200 else None
+        if request:
+            if _not_modified(request, f.etag, f.mtime):
+                await send({"type": "http.response.start", "status": 304, "headers": list(f.headers)})
                 await send({"type": "http.response.body", "body": b""})
                 return
-            if wanted:
-                start, end = wanted  # type: ignore[misc]
-                status = 206
-                headers.append((b"content-range", f"bytes {start}-{end}/{f.size}".encode()))
-        length = max(0, end - start + 1)
-        headers.append((b"content-length", str(length).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+            range_header = request.get(b"range")
+            if range_header and _if_range_ok(request, f.etag):
+                wanted = parse_range(range_header.decode("latin-1"), f.size)
+                if wanted == "bad":
+                    headers = [*f.headers, (b"content-range", f"bytes */{f.size}".encode())]
+                    await send({"type": "http.response.start", "status": 416, "headers": headers})
+                    await send({"type": "http.response.body", "body": b""})
+                    return
+                if wanted:
+                    start, end = wanted  # type: ignore[misc]
+                    length = end - start + 1
+                    status = 206
+                    headers = [
+                        *f.headers,
+                        (b"content-range", f"bytes {start}-{end}/{f.size}".encode()),
+                        (b"content-length", str(length).encode()),
+                    ]
+        # A copy: whoever relays the message may add to its headers.
+        await send({"type": "http.response.start", "status": status, "headers": list(headers)})
         if scope["method"] == "HEAD" or length == 0:
             await send({"type": "http.response.body", "body": b""})
         elif f.body is not None:
-            await send({"type": "http.response.body", "body": f.body[start : end + 1]})
+            await send({"type": "http.response.body", "body": f.body[start : start + length]})
         elif status != 206 and "http.response.pathsend" in scope.get("extensions", {}):
             await send({"type": "http.response.pathsend", "path": f.real})
         else:
             await _send_slice(send, f.real, start, length)
+
+
+# The request headers an answer depends on.
+_CONDITIONS = frozenset({b"if-none-match", b"if-modified-since", b"range", b"if-range"})
 
 
 def _not_modified(request: dict, etag: bytes, mtime: float) -> bool:
