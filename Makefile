@@ -17,7 +17,7 @@ system:
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 	@touch $@
 
 # Pinned Deno, Node (PyPI wheels) and Bun (npm registry) under .runtimes/.
