@@ -11,10 +11,13 @@ which wrk and nginx need to reach them directly). The sandbox rows then set a se
 daemon in the default mode (SPEC section 9: isolated network over a unix socket, cgroup
 limits, volume) against it in the same run: req/s at c=32, added p50 at c=1,
 deploy→200 and the cold start after an idle stop, with the goals of issue 9.
+The worker rows (bench/workers.py, issue 14) set daemons with 1 and 2 ingress workers
+against nginx with as many worker processes, with where each request's CPU goes.
 
     .venv/bin/python bench/run.py [--duration 5] [--density] [--runtimes deno,bun]
     .venv/bin/python bench/run.py --only-sandbox [--sandbox-runtimes deno,python]
     .venv/bin/python bench/run.py --only-apps     # Express and Flask (bench/apps.py)
+    .venv/bin/python bench/run.py --only-workers  # 1 and 2 ingress workers (bench/workers.py)
 
 Needs wrk and nginx (scripts/setup-system.sh, run by `make install`). Nothing is
 installed here. Figures on a shared machine move between runs: read the ratios.
@@ -142,8 +145,8 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(url: str, connections: int, duration: float, script: str | None = None) -> dict:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency"]
+def wrk(url: str, connections: int, duration: float, script: str | None = None, threads: int = 1) -> dict:
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     if script:
         cmd += ["-s", script]
     out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=duration + 30).stdout
@@ -152,8 +155,11 @@ def wrk(url: str, connections: int, duration: float, script: str | None = None) 
     p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: (.*)", out)
+    done = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
     return {
         "rps": float(rps.group(1)) if rps else 0.0,
+        "requests": int(done.group(1)) if done else 0,
+        "seconds": float(done.group(2)) / (1000 if done.group(3) == "ms" else 1) if done else 0.0,
         "p50": _ms(p50.group(1)) if p50 else float("nan"),
         "p99": _ms(p99.group(1)) if p99 else float("nan"),
         "errors": int(errors.group(1)) if errors else 0,
@@ -224,7 +230,9 @@ def tree_rss(root_pid: int) -> int:
 
 
 class Daemon:
-    def __init__(self, workdir: Path, label: str = "daemon", env_extra: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, label: str = "daemon", env_extra: dict[str, str] | None = None, workers: int | None = None
+    ) -> None:
         self.data = workdir / f"{label}-data"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -232,6 +240,8 @@ class Daemon:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TEE_DAEMON_")}
         env["TEE_DAEMON_TOKEN"] = TOKEN
         env.update(env_extra or {})
+        if workers is not None:  # Else the daemon's default: one ingress worker per core.
+            env["TEE_DAEMON_WORKERS"] = str(workers)
         cmd = [
             sys.executable, "-m", "tee_daemon.cli.commands", "serve", "--port", str(self.port),
             "--data-dir", str(self.data), "--allow-insecure-sources",
@@ -302,8 +312,10 @@ class Daemon:
 
 
 class Nginx:
-    def __init__(self, workdir: Path, upstreams: dict[str, int], static_root: Path | None) -> None:
-        self.dir = workdir / "nginx"
+    def __init__(
+        self, workdir: Path, upstreams: dict[str, int], static_root: Path | None, workers: int = 1, label: str = "nginx"
+    ) -> None:
+        self.dir = workdir / label
         self.dir.mkdir()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -326,7 +338,7 @@ class Nginx:
             locations += f"\n    location /static/ {{ alias {static_root}/; }}"
         user = "user root root;\n" if os.geteuid() == 0 else ""
         (self.dir / "nginx.conf").write_text(
-            f"""{user}worker_processes 1;
+            f"""{user}worker_processes {workers};
 daemon off;
 pid {self.dir}/nginx.pid;
 error_log {self.dir}/error.log warn;
@@ -410,7 +422,19 @@ def deploy_hellos(
     return deployed
 
 
-def main(argv: list[str] | None = None) -> int:
+def deploy_static(daemon: Daemon, notes: list[str]) -> tuple[Path | None, float | None]:
+    """Deploy the static project (`/bench-static/file.html`); the folder its files are
+    in (nginx serves the same) and the seconds to the first 200, or None twice."""
+    t0 = time.monotonic()
+    r = daemon.deploy("bench-static", {"index.html": STATIC_FILE, "file.html": STATIC_FILE}, runtime="static")
+    if r.status_code != 201:
+        notes.append(f"static: deploy failed {r.status_code}: {r.text[:300]}")
+        return None, None
+    deployed = wait_200(f"{daemon.url}/bench-static/file.html", 30) - t0
+    return daemon.data / "projects" / "bench-static" / "versions" / "1" / "tree", deployed
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (default 5)")
     parser.add_argument("--connections", type=int, default=32)
@@ -435,7 +459,17 @@ def main(argv: list[str] | None = None) -> int:
         "--only-apps", action="store_true", help="only the ordinary-app rows (Express, Flask: daemon vs direct)"
     )
     parser.add_argument("--no-apps", action="store_true", help="skip the ordinary-app rows")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--only-workers", action="store_true", help="only the ingress-worker rows (1 and 2 workers against nginx)"
+    )
+    parser.add_argument("--no-workers", action="store_true", help="skip the ingress-worker rows")
+    parser.add_argument("--workers-rounds", type=int, default=3, help="interleaved rounds of the worker rows")
+    parser.add_argument("--workers-duration", type=float, default=3.0, help="seconds per worker-row wrk run at c=32")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.only_connections:
         return run_connections(args)
     if args.only_apps:
@@ -445,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             print(f"bench: {tool} is missing; run `make install` (scripts/setup-system.sh)", file=sys.stderr)
             return 2
+    if args.only_workers:
+        return run_workers(args)
 
     workdir = Path(tempfile.mkdtemp(prefix="tee-bench-"))
     started = time.monotonic()
@@ -525,17 +561,7 @@ def run_table(daemon: Daemon, deployed: dict, workdir: Path, args, notes: list[s
     """The main table: per runtime, direct vs nginx vs daemon at c=32 and c=1, then the
     static file. The nginx it starts goes into `started` (the caller stops it)."""
     rows: list = []
-    # A static project: one file.
-    t0 = time.monotonic()
-    r = daemon.deploy("bench-static", {"index.html": STATIC_FILE, "file.html": STATIC_FILE}, runtime="static")
-    static_root = None
-    static_deploy = None
-    if r.status_code == 201:
-        static_deploy = wait_200(f"{daemon.url}/bench-static/file.html", 30) - t0
-        static_root = daemon.data / "projects" / "bench-static" / "versions" / "1" / "tree"
-    else:
-        notes.append(f"static: deploy failed {r.status_code}: {r.text[:300]}")
-
+    static_root, static_deploy = deploy_static(daemon, notes)
     nginx = Nginx(workdir, {d["name"]: d["port"] for d in deployed.values()}, static_root)
     started.append(nginx)
     d, c = args.duration, args.connections
@@ -970,13 +996,32 @@ def run_apps(args) -> int:
     return 0
 
 
+def run_workers(args) -> int:
+    """The ingress-worker rows (bench/workers.py): 1 and 2 workers against nginx with as
+    many worker processes, a bare granian floor, and where each request's CPU goes."""
+    import workers
+
+    workdir = Path(tempfile.mkdtemp(prefix="tee-bench-workers-"))
+    started = time.monotonic()
+    try:
+        here = sys.modules[__name__]
+        workers.print_rows(workers.run(here, workdir, args.workers_rounds, args.workers_duration, args.connections))
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"(worker rows took {time.monotonic() - started:.0f}s)")
+    return 0
+
+
 def main_and_connections(argv: list[str] | None = None) -> int:
     code = main(argv)
     args = sys.argv[1:] if argv is None else argv
-    skip = {"--only-connections", "--no-connections", "--only-sandbox", "--only-apps", "-h"}
-    if code == 0 and not skip.intersection(args):
+    only = {"--only-connections", "--only-sandbox", "--only-apps", "--only-workers", "-h"}
+    if code == 0 and not (only | {"--no-workers"}).intersection(args):
+        code = run_workers(parse_args(argv))
+    if code == 0 and not (only | {"--no-connections"}).intersection(args):
         code = run_connections(argparse.Namespace(keep="--keep" in args))
-    if code == 0 and not {"--only-connections", "--only-sandbox", "--only-apps", "--no-apps", "-h"}.intersection(args):
+    if code == 0 and not (only | {"--no-apps"}).intersection(args):
         code = run_apps(argparse.Namespace(keep="--keep" in args))
     return code
 
