@@ -23,6 +23,7 @@ from tee_daemon.state.store import Store
 from tee_daemon.trust.tee import Tee, connect_tee
 from tee_daemon.web.accesslog import AccessLog
 from tee_daemon.web.auth import load_or_create_token
+from tee_daemon.web.hub import WorkerHub, hub_path
 from tee_daemon.kernel.routes import RouteTable
 from tee_daemon.web.metrics import Metrics
 from tee_daemon.web.origins import Origins
@@ -49,6 +50,10 @@ class Daemon:
         self.metrics = Metrics(access_log=AccessLog(settings.data_dir / "logs" / "access.log"))
         self.origins = Origins(settings)
         self.proxy_limits = ProxyLimits(settings.max_request_body, settings.trusted_proxies)
+        # The ingress workers' feed: every route change reaches them before the API answers.
+        hub_socket = hub_path(settings.ingress_dir) if settings.ingress_dir else None
+        self.hub = WorkerHub(hub_socket, self.routes)
+        self.routes.publisher = self.hub
         # The transparency log exists from the start; `start` opens it with the TEE.
         self.journal = Journal(settings.data_dir)
         self.deployer = Deployer(
@@ -68,6 +73,7 @@ class Daemon:
         process.remove_stale_socket_dirs(self.store.run_dir)
         await self.deployer.restore()
         await asyncio.to_thread(self.journal.reconcile, list(self.deployer.projects.values()))
+        await self.hub.start()  # last: the ingress workers start once it listens
         log.info("tee-daemon %s serving %d projects", __version__, len(self.deployer.projects))
 
     async def _start_tee(self) -> None:
@@ -84,6 +90,7 @@ class Daemon:
         await asyncio.to_thread(self.journal.open, self.tee, error)
 
     async def stop(self) -> None:
+        await self.hub.stop()
         await self.deployer.shutdown()
         if self.metrics.access_log is not None:
             self.metrics.access_log.close()  # flush

@@ -63,6 +63,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Ingress worker processes serving project traffic beside the one supervisor (which
     # owns deploys, project processes, the log and the TEE); 0: one per core.
     workers: int = 0
+    # Set by `serve` only: the private folder of the supervisor's socket and the hub's.
+    ingress_dir: Path | None = None
     # Seconds a connection has to send a complete request head (SPEC section 10).
     header_timeout: float = 10.0
     # Origins (SPEC section 10): where clients reach the daemon (URLs in answers are built

@@ -17,7 +17,7 @@ from tee_daemon.web.app import build_app
 REPO = Path(__file__).resolve().parent.parent
 # Where settings may be read from flags and the environment: `serve` and the CLI client
 # (its own process, reading the local daemon's settings when no --url/--token is given).
-ENTRY_POINTS = {"core/settings.py", "core/cli/commands.py", "core/cli/client.py"}
+ENTRY_POINTS = {"core/settings.py", "core/cli/serve.py", "core/cli/commands.py", "core/cli/client.py"}
 
 
 def _calls(path: Path, names: set[str]) -> list[tuple[int, str]]:
@@ -68,11 +68,12 @@ def test_the_daemon_is_whole_once_built_and_the_router_serves_its_parts(tmp_path
         environ={"TEE_DAEMON_MAX_REQUEST_BODY": "4096", "TEE_DAEMON_TRUSTED_PROXIES": "10.1.2.3"},
     )
     daemon = Daemon(settings)
-    for part in ("store", "registry", "tenancy", "routes", "metrics", "origins", "proxy_limits", "journal", "deployer"):
+    for part in ("store", "registry", "tenancy", "routes", "metrics", "origins", "proxy_limits", "journal", "deployer", "hub"):
         assert getattr(daemon, part) is not None, part
     # One of each, shared: the deployer switches the routes the router serves, records
     # in the daemon's journal, and the proxies forward under the settings' limits.
     assert daemon.deployer.routes is daemon.routes and daemon.deployer.journal is daemon.journal
+    assert daemon.routes.publisher is daemon.hub  # every route change reaches the workers
     assert daemon.deployer.settings is settings and daemon.tenancy is daemon.deployer.tenancy
     assert daemon.proxy_limits.max_request_body == 4096
     assert daemon.proxy_limits.trusted_proxies == frozenset({"10.1.2.3"})

@@ -10,6 +10,7 @@ a `detail` that says what was wrong.
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -143,15 +144,18 @@ class DaemonAPI(Controller):
     @get(
         "/metrics",
         **ADMIN,
-        sync_to_thread=True,
         operation_class=documented(text="text/plain", refusals=ADMIN_REFUSALS),
     )
-    def metrics(self, daemon: NamedDependency[Daemon]) -> Response:
+    async def metrics(self, daemon: NamedDependency[Daemon]) -> Response:
         """Prometheus metrics: requests, latencies, deploys, restarts, memory per project."""
-        return Response(
-            daemon.metrics.render(dict(daemon.routes)),
-            media_type="text/plain; version=0.0.4; charset=utf-8",
-        )
+        workers = await daemon.hub.collect()  # the ingress workers' counters, added up here
+        active: dict[str, int] = {}
+        for worker in workers:
+            for name, n in worker["active"].items():
+                active[name] = active.get(name, 0) + n
+        total = daemon.metrics.merged(workers)
+        text = await asyncio.to_thread(total.render, dict(daemon.routes), _worker_lines(workers), active)
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 class ProjectsAPI(Controller):
@@ -303,6 +307,20 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise UserError(f"request body larger than {limit} bytes", status_code=413)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _worker_lines(workers: list[dict[str, Any]]) -> list[str]:
+    """Per ingress worker: how many project requests it served (its pid is the label)."""
+    lines = [
+        "# HELP tee_daemon_ingress_workers Ingress worker processes connected to the supervisor.",
+        "# TYPE tee_daemon_ingress_workers gauge",
+        f"tee_daemon_ingress_workers {len(workers)}",
+        "# HELP tee_daemon_ingress_worker_requests_total Project requests an ingress worker served itself.",
+        "# TYPE tee_daemon_ingress_worker_requests_total counter",
+    ]
+    for worker in sorted(workers, key=lambda w: w["pid"]):
+        lines.append(f'tee_daemon_ingress_worker_requests_total{{worker="{worker["pid"]}"}} {worker["served"]}')
+    return lines
 
 
 def _decode(raw: bytes | str, kind: type[T], where: str) -> T:

@@ -228,5 +228,6 @@ def build_app(daemon: Daemon) -> Ingress:
 
 
 def create_app(settings: Settings) -> Ingress:
-    """The app for `settings` (granian's factory is `web/connguard.create_app`)."""
+    """The daemon's app for `settings`, in this process."""
     return build_app(Daemon(settings))
+

@@ -8,8 +8,8 @@
   is a `PortInUse` error, which `serve` reports and exits on.
 * `server_class` gives granian's server class, changed only in that its workers listen
   on that socket instead of binding their own.
-* `create_app` is the factory granian's worker calls: it starts the silent-connection
-  guard, then builds the daemon's app.
+* `start_guard` starts the silent-connection guard in an ingress worker (granian's
+  factory, web/worker.py).
 
 The guard closes connections that have not sent a single byte within the header timeout.
 granian (hyper) applies its header read timeout to a request head once its first byte
@@ -242,13 +242,9 @@ def _malloc_trim() -> None:
 _guard: SilentGuard | None = None
 
 
-def create_app():
-    """granian's factory: the silent-connection guard, then the daemon's app."""
+def start_guard(settings) -> None:
+    """Start this process's silent-connection guard (once): in each ingress worker, the
+    processes that hold the clients' connections."""
     global _guard
-    from tee_daemon.web.app import create_app as build
-    from tee_daemon.settings import worker_settings
-
-    settings = worker_settings()  # the ones `serve` built
     if _guard is None:
         _guard = SilentGuard(settings.port, settings.header_timeout).start()
-    return build(settings)

@@ -100,8 +100,44 @@ class Metrics:
         """Drop a deleted project's request series (its deploy counters stay)."""
         self.projects.pop(project, None)
 
-    def render(self, routes: dict[str, Any] | None = None, extra: Iterable[str] = ()) -> str:
-        """The exposition text; `routes` is `Ingress.routes` for the per-project gauges."""
+    # -- across ingress workers ----------------------------------------------------
+
+    def export(self) -> dict[str, Any]:
+        """The request counters as plain data, for the supervisor to add up (web/hub.py)."""
+        return {
+            "unrouted": self.unrouted,
+            "projects": {
+                name: [{str(k): n for k, n in s.by_status.items()}, s.buckets, s.latency_sum, s.count, s.websockets]
+                for name, s in self.projects.items()
+            },
+        }
+
+    def merged(self, exports: Iterable[dict[str, Any]]) -> "Metrics":
+        """These counters plus the workers' `export()`s (a new Metrics; this one is unchanged)."""
+        total = Metrics()
+        total.started, total.deploys, total.restarts = self.started, self.deploys, self.restarts
+        total.unrouted = self.unrouted
+        for name, s in self.projects.items():
+            t = total.stats(name)
+            t.by_status, t.buckets = dict(s.by_status), list(s.buckets)
+            t.latency_sum, t.count, t.websockets = s.latency_sum, s.count, s.websockets
+        for export in exports:
+            total.unrouted += export["unrouted"]
+            for name, (by_status, buckets, latency_sum, count, websockets) in export["projects"].items():
+                t = total.stats(name)
+                for status, n in by_status.items():
+                    t.by_status[int(status)] = t.by_status.get(int(status), 0) + n
+                t.buckets = [a + b for a, b in zip(t.buckets, buckets)]
+                t.latency_sum += latency_sum
+                t.count += count
+                t.websockets += websockets
+        return total
+
+    def render(
+        self, routes: dict[str, Any] | None = None, extra: Iterable[str] = (), active: dict[str, int] | None = None
+    ) -> str:
+        """The exposition text; `routes` is `Ingress.routes` for the per-project gauges,
+        `active` the requests in flight in the ingress workers, by project."""
         out: list[str] = []
 
         def family(name: str, kind: str, help: str) -> None:
@@ -153,7 +189,7 @@ class Metrics:
             out.append(f'tee_daemon_restarts_total{{project="{_label(name)}"}} {n}')
 
         if routes is not None:
-            up, versions, active, memory = [], [], [], []
+            up, versions, active_lines, memory = [], [], [], []
             for name, route in sorted(routes.items()):
                 label = _label(name)
                 state = facts[name].get("state", "running")
@@ -163,7 +199,8 @@ class Metrics:
                     f'state="{_label(state)}"}} {serving}'
                 )
                 versions.append(f'tee_daemon_project_version{{project="{label}"}} {route.version}')
-                active.append(f'tee_daemon_project_active_requests{{project="{label}"}} {route.active}')
+                in_flight = route.active + (active or {}).get(name, 0)
+                active_lines.append(f'tee_daemon_project_active_requests{{project="{label}"}} {in_flight}')
                 rss = facts_rss(facts[name])
                 if rss is not None:
                     memory.append(f'tee_daemon_project_memory_rss_bytes{{project="{label}"}} {rss}')
@@ -176,7 +213,7 @@ class Metrics:
             family("tee_daemon_project_version", "gauge", "The version number that serves.")
             out.extend(versions)
             family("tee_daemon_project_active_requests", "gauge", "Requests in flight.")
-            out.extend(active)
+            out.extend(active_lines)
             family(
                 "tee_daemon_project_memory_rss_bytes",
                 "gauge",

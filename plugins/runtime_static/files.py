@@ -95,6 +95,10 @@ class StaticFiles:
         self._cached_bytes = 0
         self.not_found_page = self._lookup("/404.html")
 
+    def ingress_spec(self) -> tuple[str, list]:
+        """How an ingress worker serves the same folder itself (each has its own cache)."""
+        return f"{type(self).__module__}:{type(self).__qualname__}", [self.root]
+
     def _resolve(self, rel: str) -> tuple[str, os.stat_result] | None:
         """The real path and stat of `rel` if it is safely inside the root."""
         parts = [p for p in rel.split("/") if p not in ("", ".")]

@@ -1,0 +1,171 @@
+"""The supervisor's end of the ingress workers' route feed (a private unix socket).
+
+Each ingress worker (web/worker.py) connects once, says its pid and gets a snapshot of
+every route it can serve itself; from then on the hub sends each route change and waits
+for every worker's answer before `publish` returns, so when the API answers a deploy,
+rollback or delete, no worker routes by the old table any more. The hub also asks the
+workers to wait out requests on a replaced route (`drained`) and for their counters
+(`collect`, for /_api/metrics).
+
+What a worker can serve itself is what the route's ASGI app says it can be rebuilt from:
+`app.ingress_spec()` -> (an importable factory "module:name", its JSON arguments), as the
+proxy to a project's process and the static files do. A route without one (an in-process
+app of a third-party runtime, a process behind scale to zero, which only the supervisor
+can wake) is not sent: the workers hand its requests to the supervisor whole.
+
+A worker that does not answer within `ANSWER_TIMEOUT` is stopped (SIGKILL): granian
+starts a fresh one, which gets every route in its snapshot, so no worker ever serves by a
+table older than the last change the API answered for.
+
+Messages are JSON lines: hub -> worker `{"id", "op", ...}`, worker -> hub `{"id", ...}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from tee_daemon.kernel.routes import Route, RouteTable
+
+log = logging.getLogger("tee_daemon.web.hub")
+
+ANSWER_TIMEOUT = 10.0  # for a worker to apply a change or send its counters
+MAX_LINE = 16 * 2**20  # a worker's counters for many projects fit easily
+
+
+def hub_path(ingress_dir: Path) -> Path:
+    return ingress_dir / "hub.sock"
+
+
+def supervisor_path(ingress_dir: Path) -> Path:
+    """The supervisor's HTTP socket, which the workers pass what they do not serve to."""
+    return ingress_dir / "supervisor.sock"
+
+
+def spec_of(route: Route) -> dict[str, Any] | None:
+    """What a worker builds `route` from, or None when only the supervisor can serve it."""
+    describe = getattr(route.app, "ingress_spec", None)
+    if describe is None:
+        return None
+    factory, args = describe()
+    return {"factory": factory, "args": args, "runtime": route.runtime, "version": route.version}
+
+
+class _Link:
+    """One connected worker."""
+
+    def __init__(self, pid: int, writer: asyncio.StreamWriter) -> None:
+        self.pid = pid
+        self.writer = writer
+        self.waiting: dict[int, asyncio.Future] = {}
+        self.next_id = 1
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.writer.write(msgspec.json.encode(message) + b"\n")
+
+    def ask(self, message: dict[str, Any]) -> asyncio.Future:
+        ident, self.next_id = self.next_id, self.next_id + 1
+        future = self.waiting[ident] = asyncio.get_running_loop().create_future()
+        self.send({**message, "id": ident})
+        return future
+
+    def answered(self, answer: dict[str, Any]) -> None:
+        future = self.waiting.pop(answer.get("id", 0), None)
+        if future is not None and not future.done():
+            future.set_result(answer)
+
+    def gone(self) -> None:
+        """The worker exited: nothing it held can be served any more; stop waiting for it."""
+        for future in self.waiting.values():
+            if not future.done():
+                future.set_result(None)
+        self.waiting.clear()
+
+
+class WorkerHub:
+    def __init__(self, path: Path | None, routes: RouteTable) -> None:
+        self.path = path  # None: no ingress workers (a daemon built in-process)
+        self.routes = routes
+        self.links: set[_Link] = set()
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        if self.path is None:
+            return
+        self._server = await asyncio.start_unix_server(self._accept, path=str(self.path), limit=MAX_LINE)
+        os.chmod(self.path, 0o600)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for link in list(self.links):
+            link.writer.close()
+
+    @property
+    def workers(self) -> list[int]:
+        return sorted(link.pid for link in self.links)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link = None
+        try:
+            line = await reader.readline()
+            if not line:
+                return  # `serve` checking that the hub listens
+            hello = msgspec.json.decode(line)
+            link = _Link(int(hello["pid"]), writer)
+            # The snapshot and joining the set happen in one step of the loop: a change
+            # made before is in the snapshot, one made after is sent to this link too.
+            routes = {name: spec for name, route in self.routes.items() if (spec := spec_of(route))}
+            link.send({"op": "snapshot", "routes": routes})
+            self.links.add(link)
+            while line := await reader.readline():
+                link.answered(msgspec.json.decode(line))
+        except (OSError, ValueError, KeyError, TypeError, msgspec.DecodeError) as exc:
+            log.warning("ingress worker link ended: %s", exc)
+        finally:
+            if link is not None:
+                self.links.discard(link)
+                link.gone()
+            writer.close()
+
+    # -- the Publisher the route table calls ------------------------------------------
+
+    async def publish(self, name: str, route: Route | None) -> None:
+        await self._ask({"op": "set", "name": name, "route": spec_of(route) if route else None})
+
+    async def drained(self, name: str, version: int, timeout: float) -> None:
+        await self._ask({"op": "drain", "name": name, "version": version, "timeout": timeout}, timeout + ANSWER_TIMEOUT)
+
+    async def collect(self) -> list[dict[str, Any]]:
+        """Every worker's counters (`Metrics.export()` plus its pid and requests in flight)."""
+        return await self._ask({"op": "stats"})
+
+    async def _ask(self, message: dict[str, Any], timeout: float = ANSWER_TIMEOUT) -> list[dict[str, Any]]:
+        links = list(self.links)
+        if not links:
+            return []
+        futures = [link.ask(message) for link in links]
+        done, _ = await asyncio.wait(futures, timeout=timeout)
+        for link, future in zip(links, futures):
+            if future not in done:
+                # A worker that cannot apply a change must not go on serving by the old
+                # table: stop it; its replacement starts from a fresh snapshot.
+                log.error("ingress worker %d did not answer %s in %.0f s: stopping it", link.pid, message["op"], timeout)
+                self.links.discard(link)
+                link.gone()
+                _kill(link.pid)
+        return [answer for future in futures if future in done and (answer := future.result())]
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
