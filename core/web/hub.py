@@ -105,8 +105,10 @@ class WorkerHub:
         if self._server is not None:
             self._server.close()
             self._server = None
-        for link in list(self.links):
+        for link in list(self.links):  # the workers exit when their link ends
             link.writer.close()
+            link.gone()
+        self.links.clear()  # and no later change waits for them
 
     @property
     def workers(self) -> list[int]:
