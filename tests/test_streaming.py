@@ -44,3 +44,24 @@ def test_websocket_echo(daemon, name, sample):
         _ws_send(s, 8, struct.pack("!H", 1000))
     finally:
         s.close()
+
+
+def test_a_streams_head_arrives_before_its_first_bytes(daemon, name):
+    """A stream whose body starts later (a log follower, an idle event stream): the
+    client has the head at once, not only when the project first writes."""
+    server = """let release: () => void;
+const released = new Promise<void>((r) => (release = r));
+export default async function handler(req: Request): Promise<Response> {
+  if (new URL(req.url).pathname === "/release") { release(); return new Response("released"); }
+  const body = new ReadableStream({
+    async start(c) { await released; c.enqueue(new TextEncoder().encode("late\\n")); c.close(); },
+  });
+  return new Response(body, { headers: { "content-type": "text/plain" } });
+}
+"""
+    deploy_ok(daemon, name, {"server.ts": server})
+    with httpx.Client(base_url=daemon.url, timeout=20) as client:
+        with client.stream("GET", f"/{name}/stream") as r:  # returns once the head is in
+            assert r.status_code == 200
+            assert httpx.get(f"{daemon.url}/{name}/release", timeout=20).text == "released"
+            assert r.read() == b"late\n"

@@ -526,6 +526,8 @@ async def _read_head(conn: _Conn) -> bytes:
 
 # -- the proxy ------------------------------------------------------------------------
 
+_EMPTY_MORE = {"type": "http.response.body", "body": b"", "more_body": True}
+
 
 class Proxy:
     """The ASGI callable for one upstream."""
@@ -710,6 +712,11 @@ class Proxy:
                     await send({"type": "http.response.body", "body": chunk, "more_body": remaining > 0})
                 return keep_alive
             await send(start)
+            if not conn.buf:
+                # A stream whose first bytes come later (a log follower, server-sent
+                # events): the server sends a head only with a body message, so hand it
+                # an empty one now rather than hold the client's head until then.
+                await send(_EMPTY_MORE)
             if chunked:
                 await _relay_chunked(conn, send)
                 return keep_alive
