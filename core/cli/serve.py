@@ -11,8 +11,7 @@
 The supervisor starts first; the workers start once its hub listens, which is after every
 stored project was started again, so the port answers only with the routes in place. A
 supervisor that exits takes the daemon down (exit 1): the workers could not follow route
-changes without it. Both sockets live in a private folder made here (mode 0700, short
-enough for a unix socket path whatever the data dir), removed at exit.
+changes without it. Both sockets live in a private folder (mode 0700), `<data-dir>/ingress`.
 """
 
 from __future__ import annotations
@@ -79,7 +78,7 @@ def serve(args: argparse.Namespace) -> int:
     )
     print(f"admin token: {where}", file=sys.stderr)
     nofile = connguard.raise_nofile()
-    ingress_dir = Path(tempfile.mkdtemp(prefix="tee-daemon-"))
+    ingress_dir = _private_folder(settings.data_dir)
     settings = msgspec.structs.replace(settings, ingress_dir=ingress_dir)
     # The supervisor and granian's workers build their apps themselves: hand them these
     # very settings.
@@ -100,6 +99,21 @@ def serve(args: argparse.Namespace) -> int:
         if supervisor is not None:
             _stop(supervisor)
         shutil.rmtree(ingress_dir, ignore_errors=True)
+
+
+# A unix socket's path has room for 107 bytes; the longest name below is 15.
+_SOCKET_PATH_ROOM = 107 - len("/supervisor.sock")
+
+
+def _private_folder(data_dir: Path) -> Path:
+    """The folder of the supervisor's and the hub's sockets, made anew (mode 0700):
+    `<data-dir>/ingress`, or where that path is too long for a socket, a temporary one."""
+    folder = data_dir / "ingress"
+    if len(os.fsencode(folder)) > _SOCKET_PATH_ROOM:
+        return Path(tempfile.mkdtemp(prefix="tee-daemon-"))
+    shutil.rmtree(folder, ignore_errors=True)  # a killed daemon's (we hold the lock)
+    folder.mkdir(mode=0o700)
+    return folder
 
 
 def _start_supervisor(lock) -> subprocess.Popen:

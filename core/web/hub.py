@@ -26,6 +26,8 @@ import asyncio
 import logging
 import os
 import signal
+import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +122,11 @@ class WorkerHub:
             line = await reader.readline()
             if not line:
                 return  # `serve` checking that the hub listens
-            hello = msgspec.json.decode(line)
-            link = _Link(int(hello["pid"]), writer)
+            msgspec.json.decode(line)  # the worker's hello
+            # The pid the kernel gives (not one the peer claims): it may be killed below.
+            sock = writer.get_extra_info("socket")
+            pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            link = _Link(pid, writer)
             # The snapshot and joining the set happen in one step of the loop: a change
             # made before is in the snapshot, one made after is sent to this link too.
             routes = {name: spec for name, route in self.routes.items() if (spec := spec_of(route))}
