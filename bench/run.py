@@ -247,8 +247,12 @@ class Daemon:
             "--data-dir", str(self.data), "--allow-insecure-sources",
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_200(self.url + "/_api/health", 60, self.proc)
         self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300)
+        try:
+            wait_200(self.url + "/_api/health", 60, self.proc)
+        except RuntimeError:
+            self.stop()  # One that never answered is not left running.
+            raise
 
     def deploy(self, name: str, files: dict, **manifest) -> httpx.Response:
         return self.client.post(
@@ -369,7 +373,11 @@ http {{
             stderr=open(self.dir / "stderr.log", "ab"),
             start_new_session=True,
         )
-        wait_200(self.url + "/_health", 10, self.proc)
+        try:
+            wait_200(self.url + "/_health", 10, self.proc)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.proc.poll() is None:

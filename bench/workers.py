@@ -156,7 +156,11 @@ class Floor:
         ]  # fmt: skip
         log = open(workdir / f"floor-{workers}w.log", "ab")
         self.proc = subprocess.Popen(cmd, cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        h.wait_200(self.url, 30, self.proc)
+        try:
+            h.wait_200(self.url, 30, self.proc)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -374,19 +378,20 @@ def print_rows(result: dict) -> None:
         scaling = w2["rps"] / w1["rps"]
         verdicts.append((
             f"{row} 2w {scaling:.2f}x the 1w (goal >= {GOAL_SCALING}x)", scaling >= GOAL_SCALING,
-            f"{_budget(w2, cores, 2)} (2w run); nginx 2/1 {n2['rps'] / n1['rps']:.2f}x, "
-            f"bare granian 2/1 {f2['rps'] / f1['rps']:.2f}x",
+            f"{_budget(w2, cores, 2)} (2w run); the 1w run kept {w1['busy'] * cores:.2f} cores busy already; "
+            f"nginx 2/1 {n2['rps'] / n1['rps']:.2f}x, bare granian 2/1 {f2['rps'] / f1['rps']:.2f}x",
         ))  # fmt: skip
     for row, (label, name) in base.items():
         for n in COUNTS:
             s, b = c1[(row, f"{n}w")], c1[(row, label)]
             added = s["p50"] - b["p50"]
-            per_request = s["us"]["ingress"] + s["us"]["supervisor"]
+            floor = c1[("floor", "floor1")]["p50"]
             verdicts.append((
                 f"{row} {n}w added p50 at c=1 {_us(added)} over {name} (goal <= {_us(GOAL_ADDED_P50_MS)})",
                 added <= GOAL_ADDED_P50_MS,
-                f"at c=1 each request costs the daemon {per_request:.0f} µs CPU (ingress {s['us']['ingress']:.0f}); "
-                f"a bare granian answers a constant with p50 {_us(c1[('floor', 'floor1')]['p50'])}",
+                f"a bare granian answering a constant has p50 {_us(floor)}, {_us(floor - b['p50'])} above {name} "
+                f"before any proxying; at c=1 each request costs the daemon "
+                f"{s['us']['ingress'] + s['us']['supervisor']:.0f} µs CPU (ingress {s['us']['ingress']:.0f})",
             ))  # fmt: skip
     print()
     for what, ok, why in verdicts:
