@@ -221,3 +221,28 @@ def test_a_request_the_supervisor_serves_keeps_the_clients_address(fresh_daemon,
     assert headers["x-forwarded-for"] == "127.0.0.1"
     assert headers["x-forwarded-proto"] == "http"
     assert "x-tee-daemon-peer" not in headers
+
+
+def test_a_slow_request_on_a_replaced_version_holds_up_no_other_change(workers_daemon, name):
+    """While a worker waits out a long request on a replaced version (longer than the
+    hub waits for an answer), the changes sent meanwhile still reach it at once: the
+    request finishes on the old version, and a deploy of another project is answered
+    and served."""
+    daemon = workers_daemon
+    slow = """export default async function handler(req: Request): Promise<Response> {
+  if (new URL(req.url).pathname === "/slow") await new Promise((r) => setTimeout(r, 13000));
+  return new Response(Deno.env.get("V") ?? "");
+}
+"""
+    deploy_ok(daemon, name, {"server.ts": slow}, env={"V": "old"})
+    finished: list[httpx.Response] = []
+    request = threading.Thread(target=lambda: finished.append(fresh(daemon.url, f"/{name}/slow")))
+    request.start()
+    time.sleep(0.5)  # the request is in flight on v1
+    deploy_ok(daemon, name, {"server.ts": slow}, env={"V": "new"})  # v1 now drains
+    other = f"{name}-other"
+    deploy_ok(daemon, other, {"index.html": "other"})
+    assert Counter(fresh(daemon.url, f"/{other}/").text for _ in range(15)) == Counter({"other": 15})
+    request.join(30)
+    assert finished and finished[0].status_code == 200 and finished[0].text == "old"
+    assert fresh(daemon.url, f"/{name}/").text == "new"

@@ -145,7 +145,8 @@ class WorkerHub:
     # -- the Publisher the route table calls ------------------------------------------
 
     async def publish(self, name: str, route: Route | None) -> None:
-        await self._ask({"op": "set", "name": name, "route": spec_of(route) if route else None})
+        spec = spec_of(route) if route else None
+        await self._ask({"op": "set", "name": name, "route": spec, "gone": route is None})
 
     async def drained(self, name: str, version: int, timeout: float) -> None:
         await self._ask({"op": "drain", "name": name, "version": version, "timeout": timeout}, timeout + ANSWER_TIMEOUT)

@@ -79,6 +79,7 @@ class RouteFeed:
         self.routes: dict[str, Route] = {}
         self.retired: dict[tuple[str, int], Route] = {}  # replaced, until the hub says drained
         self.forgotten = 0  # requests served for projects deleted since
+        self._drains: set[asyncio.Task] = set()
         self._task: asyncio.Task | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -101,8 +102,12 @@ class RouteFeed:
         try:
             while line := await reader.readline():
                 message = msgspec.json.decode(line)
-                answer = await self._handle(message)
-                self._writer.write(msgspec.json.encode({**answer, "id": message["id"]}) + b"\n")  # type: ignore[union-attr]
+                if message["op"] == "drain":
+                    # Waiting out requests must not hold up the changes sent meanwhile.
+                    self._drains.add(asyncio.get_running_loop().create_task(self._answer_drain(message)))
+                    self._drains = {task for task in self._drains if not task.done()}
+                else:
+                    self._answer(message, self._handle(message))
         except asyncio.CancelledError:
             return
         except Exception:
@@ -110,13 +115,14 @@ class RouteFeed:
         log.error("ingress worker %d lost the supervisor's route feed: exiting", os.getpid())
         os._exit(EXIT_LINK_LOST)
 
-    async def _handle(self, message: dict[str, Any]) -> dict[str, Any]:
+    def _answer(self, message: dict[str, Any], answer: dict[str, Any]) -> None:
+        self._writer.write(msgspec.json.encode({**answer, "id": message["id"]}) + b"\n")  # type: ignore[union-attr]
+
+    def _handle(self, message: dict[str, Any]) -> dict[str, Any]:
         op = message["op"]
         if op == "set":
-            self._set(message["name"], message["route"])
+            self._set(message["name"], message["route"], message["gone"])
             return {}
-        if op == "drain":
-            return await self._drain(message["name"], message["version"], message["timeout"])
         if op == "stats":
             counted = sum(stats.count for stats in self.metrics.projects.values())
             return {
@@ -127,17 +133,19 @@ class RouteFeed:
             }
         return {"error": f"unknown op {op!r}"}
 
-    def _set(self, name: str, spec: dict[str, Any] | None) -> None:
+    def _set(self, name: str, spec: dict[str, Any] | None, gone: bool = False) -> None:
+        """Route `name` by `spec` (None: through the supervisor; `gone`: deleted)."""
         old = self.routes.pop(name, None)
-        if spec is not None:
-            self.routes[name] = Route(build(spec), None, spec["runtime"], spec["version"])
-        else:  # deleted: the supervisor forgets its own counters too
+        app = _build_or_none(name, spec) if spec is not None else None
+        if app is not None:
+            self.routes[name] = Route(app, None, spec["runtime"], spec["version"])  # type: ignore[index]
+        if gone:  # the supervisor forgets its own counters of the project too
             stats = self.metrics.projects.get(name)
             self.forgotten += stats.count if stats else 0
             self.metrics.forget(name)
         if old is None:
             return
-        if spec is None or spec["version"] == old.version:
+        if gone or (spec is not None and spec["version"] == old.version):
             _close(old)  # nothing will ask to drain it
             return
         previous = self.retired.pop((name, old.version), None)
@@ -145,12 +153,22 @@ class RouteFeed:
             _close(previous)
         self.retired[(name, old.version)] = old
 
-    async def _drain(self, name: str, version: int, timeout: float) -> dict[str, Any]:
-        route = self.retired.pop((name, version), None)
+    async def _answer_drain(self, message: dict[str, Any]) -> None:
+        route = self.retired.pop((message["name"], message["version"]), None)
         if route is not None:
-            await route.drained(timeout)
+            await route.drained(message["timeout"])
             _close(route)
-        return {}
+        self._answer(message, {})
+
+
+def _build_or_none(name: str, spec: dict[str, Any]) -> ASGIApp | None:
+    """The route's app, or None (its requests then go to the supervisor) should a
+    plugin's factory fail here: the project still serves, through one process."""
+    try:
+        return build(spec)
+    except Exception:
+        log.exception("ingress worker %d cannot build %s's route from %s", os.getpid(), name, spec["factory"])
+        return None
 
 
 def _close(route: Route) -> None:
