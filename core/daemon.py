@@ -15,7 +15,7 @@ from pathlib import Path
 from tee_daemon import __version__
 from tee_daemon.kernel.registry import Registry
 from tee_daemon.proxy.forward import ProxyLimits
-from tee_daemon.run import containers, launch, process
+from tee_daemon.run import containers, idle, launch, process
 from tee_daemon.run.tenancy import Tenancy
 from tee_daemon.state.deploy import Deployer
 from tee_daemon.state.journal import Journal
@@ -23,7 +23,7 @@ from tee_daemon.state.store import Store
 from tee_daemon.trust.tee import Tee, connect_tee
 from tee_daemon.web.accesslog import AccessLog
 from tee_daemon.web.auth import load_or_create_token
-from tee_daemon.web.hub import WorkerHub, hub_path
+from tee_daemon.web.hub import IdleWatch, WorkerHub, hub_path
 from tee_daemon.kernel.routes import RouteTable
 from tee_daemon.web.metrics import Metrics
 from tee_daemon.web.origins import Origins
@@ -67,6 +67,8 @@ class Daemon:
     async def start(self) -> None:
         # run/ gets the settings, and a callback for the restart counter (it imports no web/).
         process.configure(self.settings, on_restart=self.metrics.restart)
+        # Scale to zero asks the ingress workers whether they served a project (if any).
+        idle.configure(IdleWatch(self.hub, self.routes) if self.hub.path else None)
         containers.configure(self.settings, on_restart=self.metrics.restart)
         self.tenancy.start()
         await self._start_tee()

@@ -17,6 +17,7 @@ from collections import Counter
 import httpx
 import pytest
 
+from harness import DaemonProcess
 from test_runtimes import app_files, deploy_ok
 
 WORKERS = 3
@@ -209,18 +210,24 @@ def test_the_daemon_stops_when_its_supervisor_dies(workers_daemon, name):
         time.sleep(0.1)
 
 
-def test_a_request_the_supervisor_serves_keeps_the_clients_address(fresh_daemon, name):
-    """A project only the supervisor serves (here: scale to zero on) still sees the
-    client's own address, and a client cannot forge the worker's peer line."""
-    daemon = fresh_daemon(extra_args=["--workers", "2"], env={"TEE_DAEMON_IDLE_STOP": "30"})
-    echo = "export default (req: Request) => Response.json(Object.fromEntries(req.headers));\n"
-    deploy_ok(daemon, name, {"server.ts": echo})
-    r = fresh(daemon.url, f"/{name}/", headers={"x-tee-daemon-peer": "https 203.0.113.9 1 evil 443"})
-    assert r.status_code == 200, r.text
-    headers = {k.lower(): v for k, v in r.json().items()}
-    assert headers["x-forwarded-for"] == "127.0.0.1"
-    assert headers["x-forwarded-proto"] == "http"
-    assert "x-tee-daemon-peer" not in headers
+def test_a_request_the_supervisor_serves_keeps_the_clients_address(tmp_path):
+    """A project only the supervisor serves (an in-process app of a third-party runtime)
+    sees the client's own address and scheme, and a client cannot forge the line the
+    worker passes them in."""
+    from test_plugins import install
+
+    site = install("tee-runtime-probe", tmp_path / "site")
+    daemon = DaemonProcess(tmp_path / "data", extra_args=["--workers", "2"], env={"PYTHONPATH": str(site)}).start()
+    try:
+        assert daemon.deploy_files(name := "probed", {"probe.txt": "x"}).status_code == 201
+        forged = {"x-tee-daemon-peer": "https 203.0.113.9 1 evil 443"}
+        for _ in range(6):  # over fresh connections: whichever worker takes it
+            seen = fresh(daemon.url, f"/{name}/scope", headers=forged).json()
+            assert seen["client"][0] == "127.0.0.1" and seen["scheme"] == "http"
+            assert "x-tee-daemon-peer" not in seen["headers"]
+        assert served_by_worker(daemon) and sum(served_by_worker(daemon).values()) == 0  # all via the supervisor
+    finally:
+        daemon.stop()
 
 
 def test_a_slow_request_on_a_replaced_version_holds_up_no_other_change(workers_daemon, name):
@@ -246,3 +253,41 @@ def test_a_slow_request_on_a_replaced_version_holds_up_no_other_change(workers_d
     request.join(30)
     assert finished and finished[0].status_code == 200 and finished[0].text == "old"
     assert fresh(daemon.url, f"/{name}/").text == "new"
+
+
+def test_scale_to_zero_with_workers(fresh_daemon, name):
+    """With scale to zero on, the workers serve a running project themselves, and their
+    requests count as use (it is not parked under them); once idle it is parked, the next
+    request (handed to the supervisor) starts it, and the workers serve it again."""
+    daemon = fresh_daemon(extra_args=["--workers", "2"], env={"TEE_DAEMON_IDLE_STOP": "2"})
+    deploy_ok(daemon, name, app_files("deno-hello"), env={"GREETING": "v1"})
+
+    def state() -> str:
+        return daemon.get(f"/_api/projects/{name}", admin=True).json()["instance"]["state"]
+
+    def by_workers() -> float:
+        return sum(served_by_worker(daemon).values())
+
+    before = by_workers()
+    deadline = time.monotonic() + 5  # longer than the idle stop
+    sent = 0
+    while time.monotonic() < deadline:
+        assert fresh(daemon.url, f"/{name}/ping").json()["env"]["GREETING"] == "v1"
+        sent += 1
+        time.sleep(0.05)
+    assert state() == "running"  # the workers' requests kept it up
+    assert by_workers() - before == sent  # and the workers served every one of them
+    deadline = time.monotonic() + 30
+    while state() != "idle":
+        assert time.monotonic() < deadline, "never parked"
+        time.sleep(0.2)
+    assert fresh(daemon.url, f"/{name}/ping").status_code == 200  # wakes it
+    assert state() == "running"
+    deadline = time.monotonic() + 10
+    while True:  # the workers take it back once it runs
+        before = by_workers()
+        assert fresh(daemon.url, f"/{name}/ping").status_code == 200
+        if by_workers() == before + 1:
+            break
+        assert time.monotonic() < deadline, "the workers never served it again"
+        time.sleep(0.1)

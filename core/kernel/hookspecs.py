@@ -207,9 +207,9 @@ def runtime_forward(runtime: str, instance: Instance) -> ASGIApp | None:
     `proxy_to(upstream)` is the same for a socket the runtime manages itself. None
     fails the deploy. The daemon's ingress workers (``serve --workers N``) serve a
     route themselves when its app has ``ingress_spec() -> ("module:factory", [args])``
-    (JSON arguments; each worker builds its own ``factory(*args)``): core's proxy has
-    it (but not behind scale to zero, which only the supervisor can wake). Any other app
-    runs in the supervisor process, its requests passed on to it by the workers.
+    (JSON arguments; each worker builds its own ``factory(*args)``; None: not now):
+    core's proxy has it, behind scale to zero too while the instance runs. Any other
+    app runs in the supervisor process, its requests passed on to it by the workers.
 
     Example::
 

@@ -69,6 +69,13 @@ class RouteTable(dict[str, Route]):
         if self.publisher is not None:
             await self.publisher.publish(name, route)
 
+    async def refresh(self, name: str) -> None:
+        """Publish `name`'s route again: what its app says about how the workers may
+        serve it has changed (scale to zero parks or wakes it)."""
+        route = self.get(name)
+        if route is not None and self.publisher is not None:
+            await self.publisher.publish(name, route)
+
     async def drop(self, name: str) -> Route | None:
         route = self.pop(name, None)
         if route is not None and self.publisher is not None:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import weakref
+from typing import Protocol
 
 from tee_daemon.kernel.errors import DeployFailed, error_body
+
+log = logging.getLogger("tee_daemon.run.idle")
 
 IDLE_CHECK_MAX = 5.0  # The idle sweep runs at least this often (and 4x per idle_stop).
 
@@ -20,15 +24,59 @@ _idlers: "weakref.WeakSet" = weakref.WeakSet()
 _idler: asyncio.Task | None = None
 
 
+class Workers(Protocol):
+    """What scale to zero needs from the daemon's ingress workers (web/hub.py's
+    `IdleWatch`), which serve a running instance's requests without this gate seeing them."""
+
+    def holds(self, instance) -> bool:
+        """True while the workers hand the instance's requests to the supervisor (here)."""
+
+    async def quiet(self, instance) -> bool:
+        """No worker served the instance since the last sweep: from now on they hand its
+        requests here, and none is in flight there. False (and nothing changed) if they
+        served it, which counts as a use."""
+
+    async def serving(self, instance) -> None:
+        """The instance runs again: let the workers serve it themselves."""
+
+
+_workers: Workers | None = None
+
+
+def configure(workers: Workers | None) -> None:
+    """Set by the daemon at start (the ingress workers' side of scale to zero)."""
+    global _workers
+    _workers = workers
+
+
 async def _idle_forever() -> None:
     """One sweep for all instances: park those idle for their `idle_stop` seconds."""
     while _idlers:
         shortest = min(inst.settings.idle_stop for inst in list(_idlers) or [IDLE_CHECK_MAX])
         await asyncio.sleep(min(max(shortest / 4, 0.05), IDLE_CHECK_MAX))
-        now = time.monotonic()
         for inst in list(_idlers):
-            if inst.state == "running" and not inst.inflight and inst.last_used <= now - inst.settings.idle_stop:
-                inst.park()
+            if _idle(inst):
+                try:
+                    await _park(inst)
+                except Exception:  # one instance's trouble must not end the sweep for all
+                    log.exception("idle stop of %s failed", getattr(inst, "label", inst))
+
+
+def _idle(inst) -> bool:
+    return inst.state == "running" and not inst.inflight and inst.last_used <= _now() - inst.settings.idle_stop
+
+
+async def _park(inst) -> None:
+    if _workers is None:
+        inst.park()
+        return
+    if not await _workers.quiet(inst):
+        inst.last_used = _now()  # the workers served it
+        return
+    if _idle(inst):  # still, after the workers were asked
+        inst.park()
+    if not inst.parked:  # a request came in meanwhile: the workers may serve it again
+        await _workers.serving(inst)
 
 
 def _ensure_idler() -> None:
@@ -41,7 +89,7 @@ class IdleGate:
     """The project's ASGI callable when scale to zero is on: the proxy, plus a timestamp,
     a count of requests in flight and, only when the instance is parked, a cold start."""
 
-    __slots__ = ("instance", "proxy", "upstream")
+    __slots__ = ("instance", "proxy", "upstream", "_republish")
 
     def __init__(self, instance) -> None:
         from tee_daemon.proxy.forward import proxy_to
@@ -49,6 +97,15 @@ class IdleGate:
         self.instance = instance
         self.upstream = instance.upstream
         self.proxy = proxy_to(instance.upstream)
+        self._republish: asyncio.Task | None = None
+
+    def ingress_spec(self):
+        """The workers serve a running instance themselves; a parked one (or one being
+        parked) only through here, which wakes it."""
+        inst = self.instance
+        if inst.parked or inst.state != "running" or (_workers is not None and _workers.holds(inst)):
+            return None
+        return self.proxy.ingress_spec()
 
     async def __call__(self, scope, receive, send) -> None:
         inst = self.instance
@@ -59,6 +116,9 @@ class IdleGate:
             except DeployFailed as exc:
                 await _unavailable(scope, send, f"project could not be started: {exc}")
                 return
+            if _workers is not None and (self._republish is None or self._republish.done()):
+                # Beside this request, which is served from here meanwhile.
+                self._republish = asyncio.get_running_loop().create_task(_workers.serving(inst))
             if inst.upstream is not self.upstream:  # A failed start moved the port.
                 from tee_daemon.proxy.forward import proxy_to
 

@@ -9,9 +9,10 @@ workers to wait out requests on a replaced route (`drained`) and for their count
 
 What a worker can serve itself is what the route's ASGI app says it can be rebuilt from:
 `app.ingress_spec()` -> (an importable factory "module:name", its JSON arguments), as the
-proxy to a project's process and the static files do. A route without one (an in-process
-app of a third-party runtime, a process behind scale to zero, which only the supervisor
-can wake) is not sent: the workers hand its requests to the supervisor whole.
+proxy to a project's process and the static files do. A route without one, or whose
+`ingress_spec()` is None for now (an in-process app of a third-party runtime, a process
+parked by scale to zero, which only the supervisor can wake), is not sent: the workers
+hand its requests to the supervisor whole.
 
 A worker that does not answer within `ANSWER_TIMEOUT` is stopped (SIGKILL): granian
 starts a fresh one, which gets every route in its snapshot, so no worker ever serves by a
@@ -28,6 +29,7 @@ import os
 import signal
 import socket
 import struct
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from tee_daemon.kernel.routes import Route, RouteTable
 log = logging.getLogger("tee_daemon.web.hub")
 
 ANSWER_TIMEOUT = 10.0  # for a worker to apply a change or send its counters
+PARK_DRAIN_TIMEOUT = 5.0  # for the workers' requests on an instance about to be parked
 MAX_LINE = 16 * 2**20  # a worker's counters for many projects fit easily
 
 
@@ -55,7 +58,10 @@ def spec_of(route: Route) -> dict[str, Any] | None:
     describe = getattr(route.app, "ingress_spec", None)
     if describe is None:
         return None
-    factory, args = describe()
+    described = describe()  # None: not now (an instance being parked)
+    if described is None:
+        return None
+    factory, args = described
     return {"factory": factory, "args": args, "runtime": route.runtime, "version": route.version}
 
 
@@ -177,3 +183,52 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except OSError:
         pass
+
+
+class IdleWatch:
+    """Scale to zero with ingress workers (run/idle.py's `Workers`): a running instance
+    is served by the workers, so its gate in the supervisor does not see its requests;
+    the sweep asks here whether the workers did. Parking first moves the route to the
+    supervisor in every worker and waits out their requests on it, so the next request
+    reaches the gate that wakes the instance."""
+
+    def __init__(self, hub: WorkerHub, routes: RouteTable) -> None:
+        self.hub = hub
+        self.routes = routes
+        self._held: weakref.WeakSet = weakref.WeakSet()
+        self._seen: dict[str, int] = {}  # requests the workers had served, by project
+
+    def holds(self, instance: Any) -> bool:
+        return instance in self._held
+
+    async def quiet(self, instance: Any) -> bool:
+        name = getattr(instance, "project", None)
+        route = self.routes.get(name) if name else None
+        if route is None or route.instance is not instance or not self.hub.links:
+            return True  # not the routed version, or no worker to ask
+        if await self._served_since(name):
+            return False
+        self._held.add(instance)
+        await self.routes.refresh(name)  # the workers now hand its requests to the supervisor
+        await self.hub.drained(name, route.version, PARK_DRAIN_TIMEOUT)
+        if await self._served_since(name):  # between the question and the switch
+            await self.serving(instance)
+            return False
+        return True
+
+    async def serving(self, instance: Any) -> None:
+        self._held.discard(instance)
+        name = getattr(instance, "project", None)
+        route = self.routes.get(name) if name else None
+        if route is not None and route.instance is instance:
+            await self.routes.refresh(name)
+
+    async def _served_since(self, name: str) -> bool:
+        """Whether the workers served `name` since the last question (or have a request
+        of it in flight)."""
+        workers = await self.hub.collect()
+        served = sum(w["projects"][name][3] for w in workers if name in w["projects"])
+        busy = any(w["active"].get(name) for w in workers)
+        before = self._seen.get(name)
+        self._seen[name] = served
+        return busy or served != before

@@ -53,8 +53,13 @@ class ProbeInstance(Instance):
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = self.body
+        if scope.get("path") == "/scope":  # what core hands an in-process app of a request
+            seen = {"client": scope.get("client"), "scheme": scope.get("scheme"), "headers": dict(
+                (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"])}
+            body = json.dumps(seen).encode()
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": self.body})
+        await send({"type": "http.response.body", "body": body})
 
 
 @hookimpl
