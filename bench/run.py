@@ -1014,6 +1014,8 @@ def run_workers(args) -> int:
     try:
         here = sys.modules[__name__]
         workers.print_rows(workers.run(here, workdir, args.workers_rounds, args.workers_duration, args.connections))
+    except RuntimeError as exc:  # A server that did not start: the other rows still run.
+        print(f"note: worker rows: {exc}")
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
