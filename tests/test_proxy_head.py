@@ -100,3 +100,46 @@ def test_trusted_proxies_setting_parses_a_list():
 
     settings = load_settings(environ={"TEE_DAEMON_TRUSTED_PROXIES": " 10.0.0.1, ::1 ,"})
     assert settings.trusted_proxies == frozenset({"10.0.0.1", "::1"})
+
+
+def test_a_connection_answered_before_its_upload_ended_is_not_reused():
+    """A server that refuses a request before reading its body (an auth check) closes the
+    connection a moment after its answer, often without `Connection: close`: granian
+    does. Reused, it would fail the next streamed upload with a 502, which cannot be
+    retried once its body is being read."""
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the head only: the body is never read
+        writer.write(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 2\r\n\r\nno")
+        await asyncio.sleep(0.4)
+        writer.close()
+
+    async def one_upload(app) -> int:
+        parts = [{"type": "http.request", "body": b"a" * 10, "more_body": True},
+                 {"type": "http.request", "body": b"b" * 10, "more_body": False}]  # fmt: skip
+        sent: list[dict] = []
+
+        async def receive():
+            return parts.pop(0) if parts else {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/", "raw_path": b"/", "query_string": b"",
+                 "headers": [(b"host", b"x"), (b"content-length", b"20")], "client": ("127.0.0.1", 1)}  # fmt: skip
+        await app(scope, receive, send)
+        return sent[0]["status"]
+
+    async def main() -> list[int]:
+        server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        app = proxy.proxy_to(("127.0.0.1", port))
+        try:
+            first = await one_upload(app)
+            await asyncio.sleep(0.05)  # the first connection is still open upstream
+            return [first, await one_upload(app)]
+        finally:
+            app.close()
+            server.close()
+
+    assert asyncio.run(main()) == [401, 401]

@@ -663,7 +663,7 @@ class Proxy:
                 if not uploader.done():
                     uploader.cancel()  # the upstream answered without reading it all
                     done = False
-                elif uploader.cancelled() or uploader.exception() is not None:
+                elif uploader.cancelled() or uploader.exception() is not None or state.doubtful:  # type: ignore[union-attr]
                     done = False
             if done:
                 pool.release(conn, time.monotonic())
@@ -680,8 +680,13 @@ class Proxy:
                 continue  # 100 Continue, 103 Early Hints: not relayed
             break
         self.pool.waiting.discard(conn)
-        if state is not None and state.too_large:
-            raise _UpstreamError("request body too large")
+        if state is not None:
+            if state.too_large:
+                raise _UpstreamError("request body too large")
+            # A server that refuses an upload (or answers before it has all of it) may
+            # not have read the body, and then closes the connection a moment after its
+            # answer, often without saying so (granian does): such a one is not reused.
+            state.doubtful = status >= 400 or not state.sent
         no_body = head_only or status in (204, 304) or status == 101
         conn.started = True
         start = {"type": "http.response.start", "status": status, "headers": headers}
@@ -825,11 +830,13 @@ def _is_disconnect(exc: BaseException) -> bool:
 
 
 class _Upload:
-    __slots__ = ("too_large", "client_gone")
+    __slots__ = ("too_large", "client_gone", "sent", "doubtful")
 
     def __init__(self) -> None:
         self.too_large = False
         self.client_gone = False
+        self.sent = False  # the whole body went to the upstream
+        self.doubtful = False  # the connection may be closing after the answer
 
 
 async def _upload(conn: _Conn, state: _Upload, first: bytes, receive: Receive, max_body: int, chunked: bool) -> None:
@@ -863,6 +870,7 @@ async def _upload(conn: _Conn, state: _Upload, first: bytes, receive: Receive, m
             return
     if chunked:
         transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
+    state.sent = True
 
 
 async def _relay_chunked(conn: _Conn, send: Send) -> None:
