@@ -145,6 +145,7 @@ class Floor:
     """granian (the daemon's) serving FLOOR_APP with `workers` workers on a loopback port."""
 
     def __init__(self, h, workdir: Path, workers: int) -> None:
+        self.h = h  # bench/run.py's helpers
         folder = workdir / "floor"
         folder.mkdir(exist_ok=True)
         (folder / "floor_app.py").write_text(FLOOR_APP)
@@ -163,13 +164,7 @@ class Floor:
             raise
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        self.h.stop_group(self.proc)
 
 
 def _servers(h, workdir: Path, notes: list[str], started: list) -> dict:
