@@ -18,6 +18,8 @@ import httpx
 import pytest
 
 from harness import DaemonProcess
+
+from tee_daemon.run.tenancy import remove_leftovers
 from test_runtimes import app_files, deploy_ok
 
 WORKERS = 3
@@ -204,10 +206,13 @@ def test_the_daemon_stops_when_its_supervisor_dies(workers_daemon, name):
     assert "the supervisor exited" in daemon.output()
     with pytest.raises(httpx.ConnectError):
         httpx.get(daemon.url + "/_api/health", timeout=2)
-    deadline = time.monotonic() + 10
-    while any(os.path.exists(f"/proc/{pid}") for pid in project_pids):
-        assert time.monotonic() < deadline, "a project outlived its daemon"
-        time.sleep(0.1)
+    try:
+        deadline = time.monotonic() + 10
+        while any(os.path.exists(f"/proc/{pid}") for pid in project_pids):
+            assert time.monotonic() < deadline, "a project outlived its daemon"
+            time.sleep(0.1)
+    finally:  # a crashed daemon leaves its projects' volumes mounted (a restart reuses them)
+        remove_leftovers(daemon.data_dir.resolve())
 
 
 def test_a_request_the_supervisor_serves_keeps_the_clients_address(tmp_path):
