@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
 import statistics
 import subprocess
 import sys
