@@ -1,6 +1,6 @@
 """The supervisor's end of the ingress workers' route feed (a private unix socket).
 
-Each ingress worker (web/worker.py) connects once, says its pid and gets a snapshot of
+Each ingress worker (web/worker.py) connects once, says hello and gets a snapshot of
 every route it can serve itself; from then on the hub sends each route change and waits
 for every worker's answer before `publish` returns, so when the API answers a deploy,
 rollback or delete, no worker routes by the old table any more. The hub also asks the
@@ -29,6 +29,7 @@ import os
 import signal
 import socket
 import struct
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ log = logging.getLogger("tee_daemon.web.hub")
 
 ANSWER_TIMEOUT = 10.0  # for a worker to apply a change or send its counters
 PARK_DRAIN_TIMEOUT = 5.0  # for the workers' requests on an instance about to be parked
-MAX_LINE = 16 * 2**20  # a worker's counters for many projects fit easily
+SWEEP_SHARE = 1.0  # seconds one collection of counters serves the idle sweep's first checks
+MAX_LINE = 16 * 2**20  # a snapshot or a worker's counters, for many projects
 
 
 def hub_path(ingress_dir: Path) -> Path:
@@ -118,10 +120,6 @@ class WorkerHub:
             link.gone()
         self.links.clear()  # and no later change waits for them
 
-    @property
-    def workers(self) -> list[int]:
-        return sorted(link.pid for link in self.links)
-
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         link = None
         try:
@@ -197,6 +195,7 @@ class IdleWatch:
         self.routes = routes
         self._held: weakref.WeakSet = weakref.WeakSet()
         self._seen: dict[str, int] = {}  # requests the workers had served, by project
+        self._collected: tuple[float, list[dict[str, Any]]] | None = None  # (when, counters)
 
     def holds(self, instance: Any) -> bool:
         return instance in self._held
@@ -211,7 +210,7 @@ class IdleWatch:
         self._held.add(instance)
         await self.routes.refresh(name)  # the workers now hand its requests to the supervisor
         await self.hub.drained(name, route.version, PARK_DRAIN_TIMEOUT)
-        if await self._served_since(name):  # between the question and the switch
+        if await self._served_since(name, fresh=True):  # between the question and the switch
             await self.serving(instance)
             return False
         return True
@@ -223,10 +222,15 @@ class IdleWatch:
         if route is not None and route.instance is instance:
             await self.routes.refresh(name)
 
-    async def _served_since(self, name: str) -> bool:
+    async def _served_since(self, name: str, fresh: bool = False) -> bool:
         """Whether the workers served `name` since the last question (or have a request
-        of it in flight)."""
-        workers = await self.hub.collect()
+        of it in flight). One sweep asks about every idle-looking instance: their first
+        questions share one collection of the workers' counters; the check after the
+        route moved (`fresh`) always asks anew."""
+        now = time.monotonic()
+        if fresh or self._collected is None or now - self._collected[0] > SWEEP_SHARE:
+            self._collected = (now, await self.hub.collect())
+        workers = self._collected[1]
         served = sum(w["projects"][name][3] for w in workers if name in w["projects"])
         busy = any(w["active"].get(name) for w in workers)
         before = self._seen.get(name)

@@ -35,7 +35,7 @@ from tee_daemon.proxy.forward import Proxy, ProxyLimits
 from tee_daemon.settings import Settings
 from tee_daemon.web import peer
 from tee_daemon.web.accesslog import AccessLog
-from tee_daemon.web.hub import hub_path, supervisor_path
+from tee_daemon.web.hub import MAX_LINE, hub_path, supervisor_path
 from tee_daemon.web.ingress import Ingress
 from tee_daemon.web.metrics import Metrics
 from tee_daemon.web.origins import Origins
@@ -86,7 +86,7 @@ class RouteFeed:
     async def start(self) -> None:
         """Connect and take the snapshot: the worker serves only after this returns."""
         reader, self._writer = await _connect(self.path)
-        self._writer.write(msgspec.json.encode({"pid": os.getpid()}) + b"\n")
+        self._writer.write(b"{}\n")  # hello (the hub knows our pid from the socket)
         snapshot = msgspec.json.decode(await reader.readline())
         for name, spec in snapshot["routes"].items():
             self._set(name, spec)
@@ -182,7 +182,7 @@ async def _connect(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWrit
     deadline = loop.time() + CONNECT_TIMEOUT
     while True:
         try:
-            return await asyncio.open_unix_connection(str(path), limit=2**20)
+            return await asyncio.open_unix_connection(str(path), limit=MAX_LINE)
         except OSError:
             if loop.time() > deadline:
                 raise
